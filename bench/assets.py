@@ -1,0 +1,168 @@
+"""Cached task assets: data splits, the base model (raw and EMA weights) and the UA classifier.
+
+Each asset lives in ``<cache>/<task>/<kind>-<hash>/`` where the hash covers everything that
+determines it (architecture, recipe, data, seed). A folder is built in a temporary sibling and
+renamed into place, and carries a manifest with the SHA-256 of every weight file; a folder whose
+files no longer match is reported and rebuilt, never silently used.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from bench.data import batch_stream
+from bench.diffusion import Diffusion
+from bench.errors import BenchError
+from bench.hashing import atomic_write_json, content_hash, file_sha256
+from bench.nets import CondUNet, count_params
+from bench.tasks import Profile, Recipe, Task
+from bench.train import predict, train_classifier, train_diffusion
+
+BASE_SEED = 1234  # the reference training seed; all cells of a task share one base model
+CLASSIFIER_SEED = 0
+ASSET_VERSION = 1
+
+
+def default_cache_root() -> Path:
+    env = os.environ.get("BENCH_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "unlearn-bench"
+
+
+def _manifest_ok(folder: Path) -> bool:
+    import json
+
+    man = folder / "manifest.json"
+    if not man.is_file():
+        return False
+    try:
+        data = json.loads(man.read_text())
+        return all(file_sha256(folder / rel) == digest for rel, digest in data["files"].items())
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _build(folder: Path, builder, what: str) -> dict:
+    """Build an asset folder atomically: ``builder(tmp_dir) -> meta`` then rename into place."""
+    import json
+
+    if folder.exists():
+        if _manifest_ok(folder):
+            return json.loads((folder / "manifest.json").read_text())
+        print(f"bench: cached {what} at {folder} is corrupt or incomplete; rebuilding it", file=sys.stderr)
+        shutil.rmtree(folder, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        meta = builder(tmp)
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        meta["files"] = {str(p.relative_to(tmp)): file_sha256(p) for p in files}
+        atomic_write_json(tmp / "manifest.json", meta)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished the same asset first; theirs is as good
+            shutil.rmtree(tmp, ignore_errors=True)
+            return _build(folder, builder, what)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+class Assets:
+    """Everything a cell needs from its task, resolved once per (task, profile, device)."""
+
+    def __init__(self, task: Task, profile: Profile, device: torch.device, cache_root: Path | None = None):
+        self.task, self.profile, self.device = task, profile, device
+        self.root = Path(cache_root or default_cache_root()) / task.name
+        self.splits = task.load_splits()
+        self.diffusion = Diffusion(device=device)
+        self._base: dict[str, CondUNet] = {}
+        self._classifier = None
+        self.base_meta: dict = {}
+        self.classifier_meta: dict = {}
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.task.channels, self.task.image_size, self.task.image_size)
+
+    # --- base model -------------------------------------------------------------------------
+    def base_key(self, recipe: Recipe | None = None, exclude_class: int | None = None) -> dict:
+        return {"v": ASSET_VERSION, "task": self.task.name, "variant": self.task.dataset_variant,
+                "unet": self.task.unet_config, "classes": self.task.num_classes,
+                "recipe": asdict(recipe or self.profile.pretrain), "seed": BASE_SEED,
+                "exclude_class": exclude_class}
+
+    def new_model(self) -> CondUNet:
+        torch.manual_seed(BASE_SEED)
+        return CondUNet(self.task.unet_config, self.task.num_classes)
+
+    def base(self, weights: str = "raw") -> CondUNet:
+        """A fresh copy of the pretrained base model (``raw`` or ``ema`` weights), on the device."""
+        if weights not in ("raw", "ema"):
+            raise ValueError(f"weights must be 'raw' or 'ema', not {weights!r}")
+        if weights not in self._base:
+            folder = self.root / f"base-{content_hash(self.base_key())}"
+            self.base_meta = _build(folder, self._train_base, "base model")
+            for w in ("raw", "ema"):
+                try:
+                    net = CondUNet.load(folder / w, self.task.num_classes)
+                except Exception as exc:
+                    raise BenchError(f"cannot load cached base model {folder / w}: {exc}; "
+                                     f"delete {folder} to rebuild it") from exc
+                self._base[w] = net.to(self.device).eval()
+        return self._base[weights].clone()
+
+    def _train_base(self, out: Path) -> dict:
+        recipe = self.profile.pretrain
+        net = self.new_model().to(self.device)
+        stream = batch_stream(self.splits.train_x, self.splits.train_y, recipe.batch, BASE_SEED, self.device)
+        t0 = time.perf_counter()
+        net, ema = train_diffusion(net, self.diffusion, stream, recipe, desc=f"pretrain {self.task.name}")
+        secs = time.perf_counter() - t0
+        net.save(out / "raw")
+        ema.copy_to(net.parameters())
+        net.save(out / "ema")
+        return {"kind": "base", "key": self.base_key(), "train_seconds": secs, "steps": recipe.steps,
+                "params": count_params(net), "created": time.time()}
+
+    # --- classifier -------------------------------------------------------------------------
+    def classifier(self) -> torch.nn.Module:
+        if self._classifier is None:
+            key = {"v": ASSET_VERSION, "task": self.task.name, "variant": self.task.dataset_variant,
+                   "recipe": asdict(self.task.classifier_recipe), "seed": CLASSIFIER_SEED,
+                   "arch": type(self.task.make_classifier()).__name__}
+            folder = self.root / f"classifier-{content_hash(key)}"
+            self.classifier_meta = _build(folder, lambda out: self._train_classifier(out, key), "classifier")
+            net = self.task.make_classifier()
+            try:
+                net.load_state_dict(load_file(folder / "classifier.safetensors"))
+            except Exception as exc:
+                raise BenchError(f"cannot load cached classifier {folder}: {exc}; delete it to rebuild") from exc
+            self._classifier = net.to(self.device).eval()
+            for p in self._classifier.parameters():
+                p.requires_grad_(False)
+        return self._classifier
+
+    def _train_classifier(self, out: Path, key: dict) -> dict:
+        torch.manual_seed(CLASSIFIER_SEED)
+        net = self.task.make_classifier()
+        s = self.splits
+        net = train_classifier(net, s.train_x, s.train_y, self.task.classifier_recipe, CLASSIFIER_SEED,
+                               self.device)
+        probs = predict(net, s.test_x)
+        pred = probs.argmax(1)
+        acc = float((pred == s.test_y).float().mean())
+        recall = [float((pred[s.test_y == c] == c).float().mean()) for c in range(self.task.num_classes)]
+        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+                  str(out / "classifier.safetensors"))
+        return {"kind": "classifier", "key": key, "test_acc": acc, "test_recall": recall,
+                "params": count_params(net), "created": time.time()}

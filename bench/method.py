@@ -1,0 +1,115 @@
+"""The method contract: a registered class with a typed config and ``unlearn(ctx) -> Generator``.
+
+A method never times itself, counts its own steps, writes files or picks a device: the
+:class:`~bench.context.UnlearnContext` hands it models, data, optimizers and the budgeted loop,
+and the driver measures everything from outside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, ClassVar
+
+from bench.errors import BenchError
+from bench.registry import Registry
+
+
+class Method:
+    #: registry key (set by :func:`register_method`)
+    name: ClassVar[str] = ""
+    #: dataclass of hyperparameters with the reference defaults; must have ``iters: int``
+    Config: ClassVar[type]
+    #: citation shown by ``bench list methods`` and in the README
+    paper: ClassVar[str] = ""
+    #: True when the method needs no real training images (labels or generated samples only)
+    data_free: ClassVar[bool] = False
+    #: "multi-step" (evaluated with the task's sampler) or "one-step" (a distilled generator)
+    output: ClassVar[str] = "multi-step"
+    #: "reference" (follows official code), "paper" (paper only), "reconstruction" or "baseline"
+    status: ClassVar[str] = "reference"
+    version: ClassVar[str] = "1"
+    #: optimizer steps per iteration; the driver checks ``iters * steps_per_iter`` against its count
+    steps_per_iter: ClassVar[int] = 1
+    #: reference rows (Original, Retrain) are shown apart in tables
+    reference_row: ClassVar[bool] = False
+    #: per-profile overrides of the reference defaults: keys are a profile ("fast") or
+    #: "task:profile" ("digits-class:fast"); the "paper" profile uses the reference defaults
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def unlearn(self, ctx):  # pragma: no cover - the contract
+        raise NotImplementedError
+
+    @classmethod
+    def task_defaults(cls, task: Any, profile: Any) -> dict[str, Any]:
+        """Defaults that depend on the task (e.g. Retrain copies the base recipe); below presets."""
+        return {}
+
+    def expected_steps(self) -> int:
+        return int(self.config.iters) * self.steps_per_iter
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {"name": cls.name, "paper": cls.paper, "data_free": cls.data_free, "output": cls.output,
+                "status": cls.status, "version": cls.version, "steps_per_iter": cls.steps_per_iter}
+
+
+METHODS: Registry[type[Method]] = Registry("method", Method)
+
+
+def register_method(name: str):
+    """Class decorator: register a :class:`Method` subclass under ``name``."""
+
+    def deco(cls: type[Method]) -> type[Method]:
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"{cls!r} is not a Method subclass")
+        if not dataclasses.is_dataclass(getattr(cls, "Config", None)):
+            raise TypeError(f"method {name!r} needs a dataclass Config")
+        if "iters" not in {f.name for f in dataclasses.fields(cls.Config)}:
+            raise TypeError(f"method {name!r}: Config must have an 'iters' field (the budget)")
+        cls.name = name
+        METHODS.add(name, cls)
+        return cls
+
+    return deco
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def resolve_config(cls: type[Method], task: str, profile: str, overrides: dict[str, Any] | None = None,
+                   iters: int | None = None, task_obj: Any = None, profile_obj: Any = None) -> Any:
+    """Reference defaults, then the profile preset, then the task:profile preset, then user overrides."""
+    merged: dict[str, Any] = {}
+    merged.update(cls.task_defaults(task_obj, profile_obj) if task_obj is not None else {})
+    merged.update(cls.presets.get(profile, {}))
+    merged.update(cls.presets.get(f"{task}:{profile}", {}))
+    merged.update(overrides or {})
+    if iters is not None:
+        if iters < 0:
+            raise BenchError(f"--steps must be non-negative, got {iters}")
+        merged["iters"] = iters
+    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(merged) - set(fields))
+    if unknown:
+        raise BenchError(f"method {cls.name!r} has no option {', '.join(unknown)}; "
+                         f"options: {', '.join(sorted(fields))}")
+    base = cls.Config()
+    for key, value in merged.items():
+        default = getattr(base, key)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise BenchError(f"{cls.name}.{key} must be true or false, got {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise BenchError(f"{cls.name}.{key} must be a number, got {value!r}")
+            if isinstance(default, int) and not isinstance(default, bool) and float(value) != int(value):
+                raise BenchError(f"{cls.name}.{key} must be an integer, got {value!r}")
+            merged[key] = type(default)(value)
+    return dataclasses.replace(base, **merged)

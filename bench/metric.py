@@ -1,0 +1,80 @@
+"""The metric contract: ``compute(ev) -> {key: value}`` with a direction and a version per key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from bench.assets import Assets
+from bench.diffusion import from_uint8
+from bench.generators import Generator
+from bench.registry import Registry
+
+
+@dataclass
+class EvalContext:
+    """What a metric sees: the samples the driver drew once, the task assets and the generator."""
+
+    assets: Assets
+    generator: Generator
+    forget_class: int
+    cover_class: int
+    seed: int
+    forget_images: Tensor  # uint8 (N_ua, C, H, W), all conditioned on the forget class
+    remain_images: Tensor  # uint8 (9 * n_per_class, C, H, W)
+    remain_labels: Tensor  # the class each remain image was conditioned on
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.assets.device
+
+    def probs(self, which: str) -> Tensor:
+        """Classifier probabilities of the ``forget`` or ``remain`` samples (computed once)."""
+        key = f"probs:{which}"
+        if key not in self.cache:
+            from bench.train import predict
+
+            imgs = self.forget_images if which == "forget" else self.remain_images
+            self.cache[key] = predict(self.assets.classifier(), from_uint8(imgs))
+        return self.cache[key]
+
+    def real_remain(self) -> Tensor:
+        """Real remaining-class training images (uint8) — the FID reference set."""
+        s = self.assets.splits
+        keep = s.train_y != self.forget_class
+        return ((s.train_x[keep].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+class Metric:
+    name: ClassVar[str] = ""
+    #: value columns this metric writes, each with its direction: True if higher is better,
+    #: None for values recorded without a direction
+    directions: ClassVar[dict[str, bool | None]] = {}
+    definition: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    #: computed on every run unless False (then only with ``--metrics``)
+    default: ClassVar[bool] = True
+
+    def compute(self, ev: EvalContext) -> dict[str, Any]:  # pragma: no cover - the contract
+        raise NotImplementedError
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {"name": cls.name, "directions": cls.directions, "definition": cls.definition,
+                "version": cls.version, "default": cls.default}
+
+
+METRICS: Registry[type[Metric]] = Registry("metric", Metric)
+
+
+def register_metric(name: str):
+    def deco(cls: type[Metric]) -> type[Metric]:
+        cls.name = name
+        METRICS.add(name, cls)
+        return cls
+
+    return deco

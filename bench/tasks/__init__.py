@@ -1,0 +1,114 @@
+"""Tasks: dataset, base-model architecture and recipes, classifier recipe and evaluation profiles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from bench.registry import Registry
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Diffusion training recipe shared by Original and Retrain (protocol.md §1.3, scaled per task)."""
+
+    steps: int
+    batch: int = 128
+    lr: float = 2e-4
+    optimizer: str = "adam"  # "adam" | "adamw"
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    p_drop: float = 0.1
+    ema: float = 0.9999
+
+
+@dataclass(frozen=True)
+class ClassifierRecipe:
+    epochs: int = 30
+    batch: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Budgets and evaluation settings. Numbers of different profiles must never share a table."""
+
+    name: str
+    pretrain: Recipe
+    sampler_steps: int
+    guidance: float  # w in the reference "(1+w)" form
+    eta: float
+    n_ua: int  # forget-class samples for UA
+    n_per_class: int  # samples per remaining class for retained accuracy and FID
+    n_probes: int  # probes spread over the unlearning run (plus one at the start)
+    probe_n: int  # forget-class samples per probe; also per remaining class for the probe FID
+    ua_target: float = 0.9  # time-to-target threshold on the probe UA
+    fid_backend: str = "torch-fidelity"
+    description: str = ""
+
+
+class Splits(NamedTuple):
+    train_x: Tensor  # float32 in [-1, 1], (N, C, H, W)
+    train_y: Tensor  # int64
+    test_x: Tensor
+    test_y: Tensor
+
+
+@dataclass
+class Task:
+    name: str
+    description: str
+    dataset_variant: str
+    class_names: tuple[str, ...]
+    channels: int
+    image_size: int
+    unet_config: dict
+    classifier_recipe: ClassifierRecipe
+    profiles: dict[str, Profile]
+    default_forget: int = 0
+    fid_features: str = "task-classifier"
+    weights_evaluated: str = "raw"  # raw weights for multi-step methods (SalUn/SFR-on CIFAR-10 protocol)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def cover_class(self, forget: int) -> int:
+        """The fixed "next" class: RL/SalUn pseudo-label and the SFD/PECKER override class."""
+        return (forget + 1) % self.num_classes
+
+    def load_splits(self) -> Splits:  # pragma: no cover - implemented by each task
+        raise NotImplementedError
+
+    def make_classifier(self) -> nn.Module:  # pragma: no cover - implemented by each task
+        raise NotImplementedError
+
+    def profile(self, name: str) -> Profile:
+        from bench.errors import BenchError
+
+        if name not in self.profiles:
+            raise BenchError(f"task {self.name!r} has no profile {name!r}; available: {', '.join(self.profiles)}")
+        return self.profiles[name]
+
+
+TASKS: Registry[Task] = Registry("task")
+TASKS.add("digits-class", "bench.tasks.digits:DIGITS")
+
+
+def get_task(name: str) -> Task:
+    task = TASKS.get(name)
+    return task() if isinstance(task, type) else task
+
+
+def split_by_class(x: Tensor, y: Tensor, cls: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(x_f, y_f, x_r, y_r)``: the forget class and everything else."""
+    m = y == cls
+    return x[m], y[m], x[~m], y[~m]
+
+
+
