@@ -58,7 +58,7 @@ def default_metrics() -> list[str]:
 
 class Driver:
     def __init__(self, out: Path, device: str = "cpu", cache_root: Path | None = None, progress: bool = True,
-                 log=None) -> None:
+                 log=None, task_override: Task | None = None) -> None:
         self.out = Path(out)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -67,6 +67,12 @@ class Driver:
         self.progress = progress
         self._assets: dict[tuple[str, str], Assets] = {}
         self._log = log or (lambda msg: print(msg, file=sys.stderr))
+        self._task_override = task_override
+
+    def get_task(self, name: str) -> Task:
+        if self._task_override is not None and self._task_override.name == name:
+            return self._task_override
+        return get_task(name)
 
     def assets(self, task: Task, profile: str) -> Assets:
         key = (task.name, profile)
@@ -77,7 +83,7 @@ class Driver:
     # --- cell identity -----------------------------------------------------------------------
     def plan(self, spec: CellSpec) -> tuple[Any, dict[str, Any], str]:
         """Resolve the method config and the cell id; raises BenchError on user mistakes."""
-        task = get_task(spec.task)
+        task = self.get_task(spec.task)
         if not 0 <= spec.forget_class < task.num_classes:
             raise BenchError(f"--forget-class must be in 0..{task.num_classes - 1} for task {task.name!r}, "
                              f"got {spec.forget_class}")
@@ -104,7 +110,7 @@ class Driver:
 
     # --- one cell ----------------------------------------------------------------------------
     def _run(self, spec: CellSpec, cfg: Any, identity: dict, name: str, folder: Path) -> dict[str, Any]:
-        task = get_task(spec.task)
+        task = self.get_task(spec.task)
         cls = METHODS.get(spec.method)
         method = cls(cfg)
         t0 = time.perf_counter()

@@ -1,0 +1,54 @@
+"""Generative replay set from the frozen original model (Selective Amnesia §9.2, EBU §12.2).
+
+The images are drawn with the task's evaluation sampler (``ctx.sampler``) over a frozen copy of
+the pretrained model that the context hands out, so the driver counts the sampling forwards and
+time as the method's setup cost. The noise seed is offset from the evaluation and probe seeds, so
+the replay set never contains the images the evaluator will score.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from bench.diffusion import from_uint8
+
+REPLAY_SEED_OFFSET = 2_000_029  # distinct from the evaluation seed and the driver's probe offset
+
+
+def stretch_minmax(u8: Tensor) -> Tensor:
+    """The reference PNG export (``save_image(normalize=True)`` per image): stretch each image's
+    min..max to 0..255, quantise with floor(255 v + 0.5). Constant images are left unchanged."""
+    x = u8.float()
+    flat = x.flatten(1)
+    lo, hi = flat.min(1).values, flat.max(1).values
+    span = (hi - lo).clamp_min(1e-5).view(-1, *([1] * (x.ndim - 1)))
+    v = (x - lo.view_as(span)) / span
+    out = torch.floor(255 * v + 0.5).clamp(0, 255).to(torch.uint8)
+    const = (hi - lo) <= 0
+    out[const] = u8[const]
+    return out
+
+
+def generate_replay(ctx, classes: list[int], per_class: int, weights: str = "ema", minmax: bool = False,
+                    name: str = "original") -> tuple[Tensor, Tensor]:
+    """``per_class`` images of each class in ``classes`` from the frozen pretrained model
+    (``weights`` = ``raw`` or ``ema``), as ``(x in [-1, 1] on ctx.device, labels)``.
+
+    Returns the pixels after the uint8 round trip (what a PNG replay folder would hold); with
+    ``minmax`` each image is first min-max stretched like the reference export."""
+    net = ctx.base_model(weights, name=name, trainable=False)
+    labels = torch.tensor([c for c in classes for _ in range(per_class)], dtype=torch.long)
+    if len(labels) == 0:
+        return torch.empty((0, *ctx.image_shape), device=ctx.device), labels.to(ctx.device)
+    u8 = ctx.sampler(net, weights=weights).sample(labels, seed=ctx.seed + REPLAY_SEED_OFFSET)
+    if minmax:
+        u8 = stretch_minmax(u8)
+    return from_uint8(u8).to(ctx.device), labels.to(ctx.device)
+
+
+def replay_batches(x: Tensor, y: Tensor, batch: int, seed: int):
+    """Infinite shuffled batches of the replay set (cycled, last partial batch kept)."""
+    from bench.data import batch_stream
+
+    return batch_stream(x, y, batch, seed, x.device)

@@ -1,0 +1,161 @@
+"""Selective Amnesia for class-conditional DDPMs (Heng & Soh, NeurIPS 2023; methods.md §9)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from bench.errors import BenchError
+from bench.method import Method, register_method
+from methods._fisher import ewc_penalty, image_fisher
+from methods._masks import clip_norm_
+from methods._replay import generate_replay, replay_batches
+
+FIM_SEED_OFFSET = 3_000_017
+
+
+class EMA:
+    """``shadow <- mu * shadow + (1 - mu) * theta`` after each optimizer step, on a context clone."""
+
+    def __init__(self, ctx, net: nn.Module, decay: float, name: str = "ema") -> None:
+        self.decay = decay
+        self.net = ctx.clone(net, name, trainable=False)
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        for s, p in zip(self.net.parameters(), net.parameters()):
+            s.lerp_(p.detach(), 1.0 - self.decay)
+
+
+def evaluated_weights(ctx, choice: str) -> str:
+    """``task`` follows the task's rule (protocol.md §3.3); else ``raw`` or ``ema``."""
+    w = ctx.task.weights_evaluated if choice == "task" else choice
+    if w not in ("raw", "ema"):
+        raise BenchError(f"weights must be 'task', 'raw' or 'ema', not {choice!r}")
+    return w
+
+
+def fim_set(ctx, replay_x: Tensor, replay_y: Tensor, per_class: int, classes: str, weights: str
+            ) -> tuple[Tensor, Tensor]:
+    """The images the Fisher is computed on: the first ``per_class`` replay images of every
+    remaining class, plus (``classes="all"``, the reference's 10-class FIM) ``per_class`` fresh
+    samples of the forget class from the same frozen original."""
+    xs, ys = [], []
+    for c in ctx.remain_classes:
+        sel = (replay_y == c).nonzero().flatten()[:per_class]
+        xs.append(replay_x[sel])
+        ys.append(replay_y[sel])
+    if classes == "all":
+        xf, yf = generate_replay(ctx, [ctx.forget_class], per_class, weights, name="original_fim")
+        xs.append(xf)
+        ys.append(yf)
+    elif classes != "remain":
+        raise BenchError(f"fim_classes must be 'all' or 'remain', not {classes!r}")
+    return torch.cat(xs), torch.cat(ys)
+
+
+@register_method("sa")
+class SelectiveAmnesia(Method):
+    """Selective Amnesia (reference: clear-nus/selective-amnesia ``ddpm``, ``save_fim`` + ``train_forget``).
+    Data-free: a replay set sampled from the frozen original for the 9 remaining classes, a diagonal
+    Fisher of the original (per image, gradient of the loss summed over timesteps, squared), then
+    L = L_simple(uniform-noise images labelled c_f) + gamma * L_simple(replay) (shared antithetic t,
+    no label dropout) + lambda * sum F (theta - theta*)^2; clip_norm 1, Adam 1e-4, EMA 0.9999.
+
+    Deviations and choices:
+
+    * Replay: drawn with the task's evaluation sampler (on digits: 25-step DDIM, w = 0.5, not the
+      1000-step w = 2 protocol sampler), from the EMA weights (spec harness choice; ``replay_weights``),
+      kept in memory as uint8-rounded pixels; the reference's per-image min-max PNG stretch is the
+      flag ``replay_minmax`` (off). Only the 9 remaining classes are generated for replay (the
+      reference generates all 10 and drops c_f at load time: same set). No random flips (the
+      harness's data streams have none). Its noise seed is offset from the evaluation seeds.
+    * Fisher (§9.3): computed on ``fim_images`` images per class over ALL 10 classes as the reference
+      (the first ones of each remaining class's replay set plus fresh samples of c_f;
+      ``fim_classes="remain"`` drops c_f), with ``fim_timesteps`` stratified timesteps per image,
+      the sum rescaled by T/K so the Fisher keeps the reference scale (K = T = 1000 is exact).
+      Harness choice: the replay images are rescaled to [-1, 1] (``fim_unscaled=true`` feeds
+      [0, 1] like the reference quirk). Label dropout 0.1 stays on, as the reference.
+    * Evaluated weights: ``weights="task"`` follows the task's rule (digits: raw, the SalUn/SFR-on
+      protocol); ``ema`` samples the EMA shadow (SA's own repository). The EMA is only maintained
+      when it is evaluated (it does not affect the raw weights).
+    * Budget on digits-class (``fast``): 50 replay images per class (450), the Fisher on 10 images
+      per class x 50 timesteps, 300 iterations at lr 1e-3 (reference 20,000 at 1e-4: SA's budget is
+      scaled down ~70x, the lr up 10x so it forgets within the budget); batch 128. EBU's fast preset
+      uses the same replay size, lr and batch, so their times compare. ``smoke``: 20 per class,
+      Fisher 4 x 20, 30 iterations.
+    """
+
+    @dataclass(frozen=True)
+    class Config:
+        iters: int = 20_000
+        lr: float = 1e-4
+        batch: int = 128
+        gamma: float = 1.0
+        lam: float = 10.0
+        clip: float = 1.0
+        p_drop: float = 0.0
+        ema_decay: float = 0.9999
+        weights: str = "task"  # task | raw | ema
+        n_replay: int = 500  # per remaining class
+        replay_weights: str = "ema"
+        replay_minmax: bool = False
+        fim_images: int = 500  # per class
+        fim_timesteps: int = 1000
+        fim_classes: str = "all"  # all | remain
+        fim_p_drop: float = 0.1
+        fim_chunk: int = 50  # timesteps per forward (reference --n_chunks 20 -> 50 of 1000)
+        fim_unscaled: bool = False
+
+    paper = ("Heng & Soh, Selective Amnesia: A Continual Learning Approach to Forgetting in Deep "
+             "Generative Models, NeurIPS 2023, arXiv 2305.10120")
+    data_free = True
+    status = "reference"
+    presets = {
+        "fast": {"iters": 300, "lr": 1e-3, "n_replay": 50, "fim_images": 10, "fim_timesteps": 50},
+        "smoke": {"iters": 30, "lr": 1e-3, "n_replay": 20, "fim_images": 4, "fim_timesteps": 20},
+    }
+
+    def unlearn(self, ctx):
+        cfg, d = self.config, ctx.diffusion
+        weights = evaluated_weights(ctx, cfg.weights)
+        # --- stage A: replay set from the frozen original ---
+        rx, ry = generate_replay(ctx, ctx.remain_classes, cfg.n_replay, cfg.replay_weights, cfg.replay_minmax)
+        # --- stage B: diagonal Fisher of the original (raw) weights ---
+        net = ctx.base_model("raw")
+        fx, fy = fim_set(ctx, rx, ry, min(cfg.fim_images, cfg.n_replay), cfg.fim_classes, cfg.replay_weights)
+        if cfg.fim_unscaled:
+            fx = (fx + 1) / 2
+        gen = torch.Generator().manual_seed(ctx.seed + FIM_SEED_OFFSET)
+        fisher = image_fisher(net, d, fx, fy, cfg.fim_timesteps, cfg.fim_p_drop, cfg.fim_chunk, gen)
+        anchor = {n: p.detach().clone() for n, p in net.named_parameters()}
+        ctx.log(fisher_mean=float(sum(f.sum() for f in fisher.values()) / sum(f.numel() for f in fisher.values())),
+                n_replay=len(rx), n_fim=len(fx))
+        # --- stage C: forgetting ---
+        net.train()
+        opt = ctx.optimizer(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        ema = EMA(ctx, net, cfg.ema_decay) if weights == "ema" else None
+        replay = replay_batches(rx, ry, cfg.batch, ctx.seed * 7919 + 17)
+        probe = (lambda: ctx.sampler(ema.net, weights="ema")) if ema is not None else None
+        for _ in ctx.steps(cfg.iters, probe=probe):
+            x_r, c_r = next(replay)
+            b = len(x_r)
+            x_f = torch.rand((b, *ctx.image_shape), device=ctx.device) * 2 - 1
+            c_f = ctx.labels(ctx.forget_class, b)
+            t = d.antithetic_t(b)
+            loss_f = d.simple_loss(net, x_f, c_f, p_drop=cfg.p_drop, t=t)
+            loss_r = d.simple_loss(net, x_r, c_r, p_drop=cfg.p_drop, t=t)
+            loss_ewc = ewc_penalty(net, fisher, anchor)
+            loss = loss_f + cfg.gamma * loss_r + cfg.lam * loss_ewc
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_norm_(net.parameters(), cfg.clip)
+            opt.step()
+            if ema is not None:
+                ema.update(net)
+            ctx.log(loss_f=loss_f, loss_r=loss_r, loss_ewc=loss_ewc)
+        if ema is not None:
+            return ctx.sampler(ema.net, weights="ema")
+        return ctx.sampler(net, weights="raw")

@@ -1,0 +1,115 @@
+"""The command line, end to end, in subprocesses (as a user runs it)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench(*args, cache: Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BENCH_CACHE": str(cache), "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd or ROOT, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def run_out(tmp_path_factory, cache_root, assets):
+    out = tmp_path_factory.mktemp("cli")
+    r = bench("run", "--methods", "original,ga", "--task", "digits-class", "--profile", "smoke", "--out", str(out),
+              "--quiet", cache=cache_root)
+    assert r.returncode == 0, r.stderr
+    return out, r
+
+
+def test_run_writes_cells_csv_tables_and_plots(run_out):
+    out, r = run_out
+    t = out / "digits-class"
+    rows = list(csv.DictReader(open(t / "runs.csv")))
+    assert {row["method"] for row in rows} == {"original", "ga"}
+    required = {"method", "task", "forget_class", "seed", "profile", "ua", "retain_acc", "fid", "unlearn_s",
+                "grad_steps", "backward_passes", "nfe", "peak_mem_mb"}
+    assert required <= set(rows[0])
+    for name in ("table.md", "table.tex", "curves_smoke.png", "summary.json", "samples/ga_smoke.png"):
+        assert (t / name).is_file(), name
+    cells = list((t / "runs").iterdir())
+    assert len(cells) == 2
+    for c in cells:
+        assert {"row.json", "config.json", "curve.csv", "samples.png"} <= {p.name for p in c.iterdir()}
+    assert "| *original* |" in r.stdout and "| **ga** |" in r.stdout
+
+
+def test_second_run_skips_complete_cells(run_out, cache_root):
+    out, _ = run_out
+    before = sorted(p.name for p in (out / "digits-class" / "runs").iterdir())
+    r = bench("run", "--methods", "ga", "--task", "digits-class", "--profile", "smoke", "--out", str(out), "--quiet",
+              cache=cache_root)
+    assert r.returncode == 0 and "skip" in r.stderr
+    assert sorted(p.name for p in (out / "digits-class" / "runs").iterdir()) == before
+
+
+def test_table_rerenders_from_stored_runs(run_out, cache_root):
+    out, _ = run_out
+    (out / "digits-class" / "table.md").unlink()
+    r = bench("table", str(out), cache=cache_root)
+    assert r.returncode == 0 and (out / "digits-class" / "table.md").is_file() and "**ga**" in r.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("run", "--methods", "salnu", "--task", "digits-class"), "unknown method 'salnu'. Did you mean salun?"),
+    (("run", "--methods", "ga", "--task", "digit-class"), "unknown task 'digit-class'. Did you mean digits-class?"),
+    (("run", "--methods", "ga", "--task", "digits-class", "--forget-class", "12"), "--forget-class must be in 0..9"),
+    (("run", "--methods", "ga", "--task", "digits-class", "--profile", "huge"), "has no profile 'huge'"),
+    (("run", "--methods", "ga", "--task", "digits-class", "--set", "ga.lrr=1"), "has no option lrr"),
+    (("run", "--methods", "ga", "--task", "digits-class", "--metrics", "fdi"), "unknown metric 'fdi'"),
+    (("table", "/nonexistent/folder"), "no such folder"),
+])
+def test_user_mistakes_get_one_line_and_exit_2(args, needle, cache_root):
+    r = bench(*args, cache=cache_root)
+    assert r.returncode == 2
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_list_commands(cache_root, tmp_path):
+    r = bench("list", "methods", cache=cache_root)
+    assert r.returncode == 0 and "salun" in r.stdout and "citation" in r.stdout
+    assert "ua" in bench("list", "metrics", cache=cache_root).stdout
+    assert "digits-class" in bench("list", "tasks", cache=cache_root).stdout
+    (tmp_path / "extra_method.py").write_text(
+        "from dataclasses import dataclass\nfrom bench.method import Method, register_method\n"
+        "@register_method('cli-plugin-test')\nclass P(Method):\n    @dataclass(frozen=True)\n    class Config:\n"
+        "        iters: int = 0\n    paper = 'a dropped-in plugin'\n    def unlearn(self, ctx):\n"
+        "        return ctx.sampler(ctx.base_model(trainable=False))\n")
+    r = bench("list", "methods", "--plugins", str(tmp_path), cache=cache_root)
+    assert "cli-plugin-test" in r.stdout and "a dropped-in plugin" in r.stdout
+
+
+def test_corrupt_cached_checkpoint_is_detected_and_rebuilt(cache_root, tmp_path):
+    from bench.assets import _manifest_ok
+
+    cache = tmp_path / "cache"
+    shutil.copytree(cache_root, cache)
+    task = cache / "digits-class"
+    base = next(task.glob("base-*"))
+    weights = base / "raw" / "diffusion_pytorch_model.safetensors"
+    assert _manifest_ok(base)
+    weights.write_bytes(weights.read_bytes()[:-7] + b"garbage")
+    assert not _manifest_ok(base)  # a flipped byte in the base model can never be used silently
+    clf = next(task.glob("classifier-*"))
+    (clf / "classifier.safetensors").write_bytes(b"not a safetensors file")
+    shutil.rmtree(base)  # keep the test fast: rebuild only the (cheap) classifier
+    shutil.copytree(next((cache_root / "digits-class").glob("base-*")), base)
+    r = bench("run", "--methods", "original", "--task", "digits-class", "--profile", "smoke", "--out",
+              str(tmp_path / "out"), "--quiet", cache=cache)
+    assert r.returncode == 0, r.stderr
+    assert "corrupt or incomplete; rebuilding" in r.stderr
+    assert _manifest_ok(clf)
