@@ -168,6 +168,8 @@ def cmd_run(args) -> int:
     task = get_task(args.task)
     task.profile(args.profile)
     methods = METHODS.resolve_list(args.methods)
+    if args.methods.strip() == "all":  # reference rows first, so a partial run already has its anchors
+        methods.sort(key=lambda m: (not METHODS.get(m).reference_row, m))
     extra = tuple(METRICS.resolve_list(args.metrics)) if args.metrics.strip() else ()
     classes = args.forget_class or [task.default_forget]
     sets = _parse_sets(args.set, methods)

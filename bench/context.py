@@ -145,15 +145,13 @@ class UnlearnContext:
             self.setup_seconds = self.stopwatch.elapsed
         make = probe or self._default_probe
         every = max(1, n // self._n_probes) if self._n_probes > 0 else 0
-        self._probe(0, make)
+        self._probe(self.iterations_run, make)
         bar = tqdm(range(n), desc=self._label, leave=False, disable=not self._progress, dynamic_ncols=True)
         for i in bar:
             yield i
             self.iterations_run += 1
-            if every and ((i + 1) % every == 0 or i + 1 == n):
-                self._probe(i + 1, make)
-            elif i + 1 == n:
-                self._probe(i + 1, make)
+            if i + 1 == n or (every and (i + 1) % every == 0):
+                self._probe(self.iterations_run, make)
 
     def _default_probe(self) -> Generator:
         if self._default_probe_net is None:

@@ -31,6 +31,9 @@ class Method:
     version: ClassVar[str] = "1"
     #: optimizer steps per iteration; the driver checks ``iters * steps_per_iter`` against its count
     steps_per_iter: ClassVar[int] = 1
+    #: False for baselines that are known not to forget (FT); the conformance suite then only checks
+    #: that they run within budget, not that UA rises
+    forgets: ClassVar[bool] = True
     #: reference rows (Original, Retrain) are shown apart in tables
     reference_row: ClassVar[bool] = False
     #: per-profile overrides of the reference defaults: keys are a profile ("fast") or

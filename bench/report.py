@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.hashing import atomic_write_text
-from bench.store import collect_rows, task_dir, write_runs_csv
+from bench.store import collect_rows, write_runs_csv
 
 # (column, header, higher_is_better or None, format)
 COLUMNS = [
@@ -53,9 +53,12 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     cols = [c for c in COLUMNS + OPTIONAL if c[0] in df.columns and df[c[0]].notna().any()]
     first = df.iloc[0]
     target = first.get("ua_target", 0.9)
-    fid_note = f" ({first.get('fid_features', '?')}, {first.get('fid_backend', '?')}, n={int(first.get('fid_n_gen', 0))})"
-    ref = df["reference_row"].astype(str).str.lower() == "true" if "reference_row" in df else df["method"].isin(
-        ["original", "retrain"])
+    fid_note = (f" ({first.get('fid_features', '?')}, {first.get('fid_backend', '?')}, "
+                f"n={int(first.get('fid_n_gen', 0))})")
+    if "reference_row" in df:
+        ref = df["reference_row"].astype(str).str.lower() == "true"
+    else:
+        ref = df["method"].isin(["original", "retrain"])
     order = list(dict.fromkeys(list(df[ref]["method"].sort_values(key=lambda s: s.map(
         {"original": 0, "retrain": 1}).fillna(2))) + sorted(df[~ref]["method"].unique())))
     out = []

@@ -154,7 +154,8 @@ def build_state(ctx, cfg, two_copy: bool = False) -> DistillState:
     opt_fake = ctx.optimizer(fake.parameters(), lr=cfg.lr_psi, betas=betas)
     gen_params = list(gen.parameters()) + (list(gen_r.parameters()) if gen_r is not None else [])
     opt_gen = ctx.optimizer(gen_params, lr=cfg.lr_theta, betas=betas)
-    return DistillState(teacher, fake, gen, ema, opt_fake, opt_gen, OneStepMap(ctx.diffusion, cfg.t_init), gen_r)
+    G = OneStepMap(ctx.diffusion, cfg.t_init)
+    return DistillState(teacher, fake, gen, ema, opt_fake, opt_gen, G, gen_r)
 
 
 def forget_t_range(cfg, iteration: int) -> tuple[int, int]:

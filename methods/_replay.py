@@ -1,4 +1,5 @@
-"""Generative replay set from the frozen original model (Selective Amnesia §9.2, EBU §12.2).
+"""Generative replay set from the frozen original model (Selective Amnesia §9.2, EBU §12.2), plus
+the two small pieces SA and EBU share: the EMA shadow and the evaluated-weights rule.
 
 The images are drawn with the task's evaluation sampler (``ctx.sampler``) over a frozen copy of
 the pretrained model that the context hands out, so the driver counts the sampling forwards and
@@ -9,9 +10,10 @@ the replay set never contains the images the evaluator will score.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bench.diffusion import from_uint8
+from bench.errors import BenchError
 
 REPLAY_SEED_OFFSET = 2_000_029  # distinct from the evaluation seed and the driver's probe offset
 
@@ -52,3 +54,25 @@ def replay_batches(x: Tensor, y: Tensor, batch: int, seed: int):
     from bench.data import batch_stream
 
     return batch_stream(x, y, batch, seed, x.device)
+
+
+class EMA:
+    """``shadow <- mu * shadow + (1 - mu) * theta`` after each optimizer step, on a context clone."""
+
+    def __init__(self, ctx, net: nn.Module, decay: float, name: str = "ema") -> None:
+        self.decay = decay
+        self.net = ctx.clone(net, name, trainable=False)
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        for s, p in zip(self.net.parameters(), net.parameters()):
+            s.lerp_(p.detach(), 1.0 - self.decay)
+
+
+def evaluated_weights(ctx, choice: str) -> str:
+    """``task`` follows the task's rule (protocol.md §3.3, ``ctx.task.weights_evaluated``); else
+    ``raw`` or ``ema``."""
+    w = ctx.task.weights_evaluated if choice == "task" else choice
+    if w not in ("raw", "ema"):
+        raise BenchError(f"weights must be 'task', 'raw' or 'ema', not {choice!r}")
+    return w

@@ -11,7 +11,10 @@ from methods._masks import clip_norm_
 @register_method("ft")
 class FineTune(Method):
     """Continue training on D_r with L_simple (label dropout 0.1), Adam 1e-4, clip 1.0, no EMA.
-    Expected to under-forget: it only relies on catastrophic forgetting."""
+    Expected to under-forget: it only relies on catastrophic forgetting of the forget class, which a
+    few hundred steps on the other classes do not cause (measured on digits: UA stays 0.0 at fast),
+    matching the SalUn project page's "under-forgetting" verdict; so it is exempt from the
+    conformance suite's forgetting check (``forgets = False``)."""
 
     @dataclass(frozen=True)
     class Config:
@@ -24,6 +27,7 @@ class FineTune(Method):
     paper = "fine-tuning baseline (SalUn, arXiv 2310.12508; DDPM recipe is a reconstruction)"
     data_free = False
     status = "reconstruction"
+    forgets = False
     presets = {"fast": {"iters": 300}, "smoke": {"iters": 30}}
 
     def unlearn(self, ctx):

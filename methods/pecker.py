@@ -53,10 +53,14 @@ class PECKER(Method):
       forget copy and the others only the retain copy. The psi step samples theta_u; the EMA tracks
       theta_u. Cost per iteration equals the default's (the retain pass runs through theta_r).
 
-    Presets (digits-class, CPU; ``paper`` keeps the §11.5 defaults below): identical budget, lr,
-    batch, EMA and loss weights to SFD's presets (see SFD's docstring for the reasoning), so that
-    SFD vs PECKER isolates the saliency mask: ``fast`` 120 iterations, batch 32, lr 3e-4, EMA 0.95;
-    ``smoke`` 30 iterations, batch 32, lr 3e-4, EMA 0.8; the mask options keep their defaults.
+    Presets (digits-class, CPU; ``paper`` keeps the §11.5 defaults below): the same budget, lr, batch
+    and EMA as SFD's presets (see SFD's docstring for the reasoning), with PECKER's own loss weights
+    (1.0) and mask defaults. ``fast``: 100 iterations, batch 32, lr 3e-4, EMA 0.95 (~0.33 CPU-s per
+    iteration, ~40% more than SFD: the saliency pass and the split backward; ~33 s unloaded). ``smoke``:
+    20 iterations, EMA 0.8. Measured on digits (seeds 0, 1): final UA 1.0, retain acc 0.95, FID
+    0.35-0.39; probe UA >= 0.9 after 36 iterations vs SFD's 72 with its reference weights 0.01.
+    With equal forget weights (1.0), the mask makes forgetting slower than plain SFD (36 vs 24
+    iterations), because the forget gradient is halved.
     """
 
     @dataclass(frozen=True)
@@ -93,8 +97,8 @@ class PECKER(Method):
     status = "paper"
     steps_per_iter = 2
     presets = {
-        "fast": {"iters": 120, "batch": 32, "lr_psi": 3e-4, "lr_theta": 3e-4, "ema": 0.95},
-        "smoke": {"iters": 30, "batch": 32, "lr_psi": 3e-4, "lr_theta": 3e-4, "ema": 0.8},
+        "fast": {"iters": 100, "batch": 32, "lr_psi": 3e-4, "lr_theta": 3e-4, "ema": 0.95},
+        "smoke": {"iters": 20, "batch": 32, "lr_psi": 3e-4, "lr_theta": 3e-4, "ema": 0.8},
     }
 
     def _check(self) -> None:
@@ -104,7 +108,8 @@ class PECKER(Method):
         if cfg.saliency_data not in ("generated", "real"):
             raise ValueError(f"pecker.saliency_data must be 'generated' or 'real', got {cfg.saliency_data!r}")
         if cfg.two_copy_merge not in ("add", "partition"):
-            raise ValueError(f"pecker.two_copy_merge must be 'add' or 'partition', got {cfg.two_copy_merge!r}")
+            raise ValueError(f"pecker.two_copy_merge must be 'add' or 'partition', "
+                             f"got {cfg.two_copy_merge!r}")
         if cfg.mask_refresh_every < 1:
             raise ValueError("pecker.mask_refresh_every must be >= 1")
         if cfg.two_copy and cfg.mask_scope != "forget_only":
@@ -185,8 +190,9 @@ def saliency_mask(ctx, st, cfg, x_f, real, n: int) -> dict[str, torch.Tensor]:
     elif x_f is not None:
         x_s = x_f.detach()
     else:
+        z = torch.randn(n, *ctx.image_shape, device=ctx.device)
         with torch.no_grad():
-            x_s = st.G(net, torch.randn(n, *ctx.image_shape, device=ctx.device), ctx.labels(ctx.forget_class, n))
+            x_s = st.G(net, z, ctx.labels(ctx.forget_class, n))
     c_f = ctx.labels(ctx.forget_class, len(x_s))
     names, params = zip(*[(k, p) for k, p in net.named_parameters()])
     with eval_mode(net):

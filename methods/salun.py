@@ -4,26 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.method import Method, register_method
+from bench.method import register_method
 from methods._masks import mask_fraction
 from methods._relabel import relabel_loop
 from methods._saliency import salun_mask
+from methods.rl import RandomLabel
 
 
 @register_method("salun")
-class SalUn(Method):
+class SalUn(RandomLabel):
     """Stage A: mask = global top-50% of |sum over one pass of D_f of per-batch clipped gradients of
     the w=2 guided forget loss| (eval mode). Stage B: the RL loop with clip-then-mask, so masked-out
     weights never leave the pretrained values. Reference lr 1e-4 (the SFR-on re-run used 1e-5)."""
 
     @dataclass(frozen=True)
-    class Config:
-        iters: int = 1000
-        lr: float = 1e-4
-        batch: int = 128
-        alpha: float = 1e-3
-        clip: float = 1.0
-        p_drop: float = 0.1
+    class Config(RandomLabel.Config):
         mask_ratio: float = 0.5
         mask_guidance: float = 2.0
 

@@ -63,7 +63,7 @@ def test_table_rerenders_from_stored_runs(run_out, cache_root):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (("run", "--methods", "salnu", "--task", "digits-class"), "unknown method 'salnu'. Did you mean salun?"),
+    (("run", "--methods", "salnu", "--task", "digits-class"), "unknown method 'salnu'. Did you mean salun"),
     (("run", "--methods", "ga", "--task", "digit-class"), "unknown task 'digit-class'. Did you mean digits-class?"),
     (("run", "--methods", "ga", "--task", "digits-class", "--forget-class", "12"), "--forget-class must be in 0..9"),
     (("run", "--methods", "ga", "--task", "digits-class", "--profile", "huge"), "has no profile 'huge'"),

@@ -32,7 +32,7 @@ def test_method_runs_end_to_end_and_forgets(name, driver, original_row):
         assert row["nfe"] == 1
     if row["grad_steps"]:
         assert row["backward_passes"] >= 1
-    if name != "original":
+    if name != "original" and cls.forgets:
         assert row["ua"] > original_row["ua"], f"{name} did not forget: UA {row['ua']} vs {original_row['ua']}"
 
 

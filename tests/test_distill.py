@@ -31,6 +31,15 @@ def make_net(seed: int) -> CondUNet:
     return CondUNet(DIGITS.unet_config, 10).eval()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: threads only add overhead (and oversubscribe a shared CPU); restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def diffusion() -> Diffusion:
     return Diffusion()
@@ -104,7 +113,8 @@ def test_sg_loss_sum_over_pixels_mean_over_batch_and_t_range(diffusion, nets):
     with torch.no_grad():
         D.sg_loss(diffusion, rec, x0, c, 100, 103)
     t_used = rec.calls[0][0]
-    assert t_used.min() >= 100 and t_used.max() <= 102 and len(t_used.unique()) > 1  # [low, high), not antithetic
+    # [low, high), and not antithetic
+    assert t_used.min() >= 100 and t_used.max() <= 102 and len(t_used.unique()) > 1
 
 
 def reference_g_loss(diffusion, teacher, fake, x0, c_real, c_fake, alpha, t, noise,
@@ -245,14 +255,15 @@ class FakeCtx:
         return torch.full((n,), cls, dtype=torch.long)
 
     def log(self, **values):
-        self.logs.append(values)
+        as_float = {k: float(v.detach()) for k, v in values.items() if isinstance(v, torch.Tensor)}
+        self.logs.append({**values, **as_float})
 
     def one_step(self, net, fn, weights="ema"):
         return OneStepGenerator(net, fn, self.image_shape, weights)
 
 
 def small_cfg(cls, **kw):
-    base = dict(iters=2, batch=4, lr_psi=1e-3, lr_theta=1e-3, ema=0.5)
+    base = dict(iters=2, batch=3, lr_psi=1e-3, lr_theta=1e-3, ema=0.5)
     return dataclasses.replace(cls.Config(), **{**base, **kw})
 
 
@@ -274,6 +285,13 @@ def test_forget_branch_teacher_at_cover_fake_at_forget(diffusion):
     st.teacher.calls.clear()
     _, l_f0, _ = D.generator_terms(ctx, st, dataclasses.replace(cfg, mu_theta=0.0), c_r, 0)
     assert l_f0 is None and len(st.teacher.calls) == 1
+
+
+def test_random_override_draws_remaining_classes(diffusion):
+    ctx = FakeCtx(diffusion, forget=3)
+    labels = D.override_labels(SimpleNamespace(random_override=True), ctx, 2000)
+    assert set(labels.tolist()) == set(ctx.remain_classes)
+    assert torch.equal(D.override_labels(SimpleNamespace(random_override=False), ctx, 5), torch.full((5,), 4))
 
 
 def test_forget_warmup_t_range():
@@ -344,24 +362,26 @@ def test_pecker_forget_update_moves_only_salient_weights(diffusion, two_copy):
 
 
 @pytest.mark.parametrize("name,cls,kw", [
-    ("sfd", SFD, {}),
+    ("sfd", SFD, {"random_override": True, "forget_warmup": 0.5}),
     ("pecker", PECKER, {}),
     ("pecker-real-all", PECKER, {"saliency_data": "real", "mask_scope": "all", "mask_refresh_every": 2}),
     ("pecker-two-copy-partition", PECKER, {"two_copy": True, "two_copy_merge": "partition"}),
 ])
 def test_methods_run_and_count_two_steps_per_iteration(diffusion, name, cls, kw):
     ctx = FakeCtx(diffusion)
-    method = cls(small_cfg(cls, iters=3, **kw))
+    method = cls(small_cfg(cls, iters=2, **kw))
     with ctx.counts.counting_optimizer_steps():
         gen = method.unlearn(ctx)
-    assert ctx.counts.optimizer_steps == method.expected_steps() == 6
+    assert ctx.counts.optimizer_steps == method.expected_steps() == 4
     assert isinstance(gen, OneStepGenerator) and gen.nfe == 1 and gen.weights == "ema"
     assert gen.net is ctx.nets["generator_ema"]
     imgs = gen.sample(torch.tensor([0, 3, 5]), seed=0)
     assert imgs.shape == (3, *SHAPE) and imgs.dtype == torch.uint8
-    assert len(ctx.logs) == 3 and all(math.isfinite(float(v)) for row in ctx.logs for v in row.values())
-    # the EMA moved away from the initial weights, the teacher did not
-    assert changed_fraction(list(ctx._base.parameters()), ctx.nets["generator_ema"]) > 0.5
+    assert len(ctx.logs) == 2 and all(math.isfinite(float(v)) for row in ctx.logs for v in row.values())
+    # the EMA moved away from the initial weights, the teacher did not; with mask_scope="all" and one
+    # mask for both iterations (refresh every 2) at most half of the weights can move
+    moved = changed_fraction(list(ctx._base.parameters()), ctx.nets["generator_ema"])
+    assert 0.2 < moved <= 0.5 if kw.get("mask_scope") == "all" else moved > 0.5
     assert changed_fraction(list(ctx._base.parameters()), ctx.nets["teacher"]) == 0.0
 
 
