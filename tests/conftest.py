@@ -56,6 +56,15 @@ def original_row(driver, assets):
     return driver.run(CellSpec("digits-class", "original", 0, 0, "smoke"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny-tensor unit tests: one intra-op thread avoids oversubscription stalls on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def tiny_net():
     from bench.nets import CondUNet

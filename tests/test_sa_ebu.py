@@ -16,14 +16,7 @@ from methods._replay import stretch_minmax
 from methods.ebu import EBU, combine_direction, min_norm_coef, min_norm_combine, pcgrad_combine, select_top
 from methods.sa import SelectiveAmnesia
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscription stalls on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,7 @@ from methods._fisher import fisher_ratio_mask, guided_fisher
 from methods._masks import clip_norm_, named_grads
 from methods.sfron import SFRon, adaptive_weights, cosine_alpha, forget_grad_
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscription stalls on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
