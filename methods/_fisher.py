@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from bench.diffusion import Diffusion
 from bench.generators import eval_mode
-from methods._masks import clip_norm_
+from methods._saliency import guided_batch_grads
 
 
 def _params(net: nn.Module) -> dict[str, Tensor]:
@@ -26,28 +26,11 @@ def guided_fisher(net: nn.Module, diffusion: Diffusion, x: Tensor, y: Tensor, w:
     batches of ``batch`` (last partial batch kept), each image with its own label; per batch the
     gradient of ``mean_i sum_pix (eps_i - cfg(net; x_t, t, c, w)_i)^2`` is norm-clipped to ``clip``
     and ``F += grad^2 / n_batches``. Runs in ``eval()`` mode (feature dropout off)."""
-    params = _params(net)
-    fisher = {n: torch.zeros_like(p) for n, p in params.items()}
-    n = len(x)
-    if n == 0:
-        return fisher
-    n_batches = (n + batch - 1) // batch
-    perm = torch.randperm(n, generator=generator).to(x.device)
-    with eval_mode(net):
-        for s in range(0, n, batch):
-            idx = perm[s:s + batch]
-            xb, yb = x[idx], y[idx]
-            t = diffusion.antithetic_t(len(xb), generator)
-            noise = torch.randn(xb.shape, generator=generator).to(xb.device)
-            e = diffusion.cfg_eps(net, diffusion.q_sample(xb, t, noise), t, yb, w)
-            loss = (noise - e).pow(2).flatten(1).sum(1).mean()
-            net.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_norm_(params.values(), clip)
-            for name, p in params.items():
-                if p.grad is not None:
-                    fisher[name] += p.grad.pow(2) / n_batches
-    net.zero_grad(set_to_none=True)
+    fisher = {n: torch.zeros_like(p) for n, p in net.named_parameters()}
+    n_batches = (len(x) + batch - 1) // batch
+    for grads in guided_batch_grads(net, diffusion, x, y, w, batch, clip, generator):
+        for name, g in grads.items():
+            fisher[name] += g.pow(2) / n_batches
     return fisher
 
 

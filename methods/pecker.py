@@ -11,6 +11,7 @@ from bench.generators import eval_mode
 from bench.method import Method, register_method
 from methods import _distill as D
 from methods._masks import mask_fraction, named_grads, top_fraction
+from methods.sfd import SFD
 
 
 @register_method("pecker")
@@ -64,25 +65,10 @@ class PECKER(Method):
     """
 
     @dataclass(frozen=True)
-    class Config:
-        iters: int = 50_000
-        batch: int = 128
-        lr_psi: float = 1e-5
-        lr_theta: float = 1e-5
-        beta1: float = 0.0
-        beta2: float = 0.999
-        alpha: float = 1.2
-        t_min: int = 38
-        t_init: int = 440
-        t_max: int = 712
-        lambda_psi: float = 1.0
+    class Config(SFD.Config):
+        # the paper's loss weights (§5.1); everything else as SFD's reference defaults
         mu_psi: float = 1.0
-        lambda_theta: float = 1.0
         mu_theta: float = 1.0
-        ema: float = 0.9999
-        clip_value: float = 1.0
-        forget_warmup: float = 0.0
-        random_override: bool = False
         mask_ratio: float = 0.5
         mask_refresh_every: int = 1
         mask_scope: str = "forget_only"
