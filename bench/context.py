@@ -56,7 +56,6 @@ class UnlearnContext:
         self.logs: list[dict[str, Any]] = []
         self.setup_seconds: float | None = None
         self.iterations_run = 0
-        self._step_started = False
 
     # --- models ------------------------------------------------------------------------------
     def _track(self, net: nn.Module, name: str) -> nn.Module:
