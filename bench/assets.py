@@ -13,7 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -23,13 +23,14 @@ from bench.data import batch_stream
 from bench.diffusion import Diffusion
 from bench.errors import BenchError
 from bench.hashing import atomic_write_json, content_hash, file_sha256
+from bench.measure import PeakMemory, Stopwatch
 from bench.nets import CondUNet, count_params
 from bench.tasks import Profile, Recipe, Task
 from bench.train import predict, train_classifier, train_diffusion
 
-BASE_SEED = 1234  # the reference training seed; all cells of a task share one base model
-CLASSIFIER_SEED = 0
-ASSET_VERSION = 1
+BASE_SEED = 1234  # the reference training seed: base seed b trains with seed BASE_SEED + b
+CLASSIFIER_SEED = 0  # one classifier per task, whatever the base seed: the evaluator stays fixed
+ASSET_VERSION = 2
 
 
 def default_cache_root() -> Path:
@@ -80,12 +81,16 @@ def _build(folder: Path, builder, what: str) -> dict:
 class Assets:
     """Everything a cell needs from its task, resolved once per (task, profile, device)."""
 
-    def __init__(self, task: Task, profile: Profile, device: torch.device, cache_root: Path | None = None):
+    def __init__(self, task: Task, profile: Profile, device: torch.device, cache_root: Path | None = None,
+                 base_seed: int = 0):
         self.task, self.profile, self.device = task, profile, device
+        self.base_seed = int(base_seed)
+        self.training_seed = BASE_SEED + self.base_seed
         self.root = Path(cache_root or default_cache_root()) / task.name
         self.splits = task.load_splits()
         self.diffusion = Diffusion(device=device)
         self._base: dict[str, CondUNet] = {}
+        self._retrain: dict[tuple, tuple[CondUNet, dict]] = {}
         self._classifier = None
         self.base_meta: dict = {}
         self.classifier_meta: dict = {}
@@ -98,11 +103,11 @@ class Assets:
     def base_key(self, recipe: Recipe | None = None, exclude_class: int | None = None) -> dict:
         return {"v": ASSET_VERSION, "task": self.task.name, "variant": self.task.dataset_variant,
                 "unet": self.task.unet_config, "classes": self.task.num_classes,
-                "recipe": asdict(recipe or self.profile.pretrain), "seed": BASE_SEED,
+                "recipe": asdict(recipe or self.profile.pretrain), "seed": self.training_seed,
                 "exclude_class": exclude_class}
 
     def new_model(self) -> CondUNet:
-        torch.manual_seed(BASE_SEED)
+        torch.manual_seed(self.training_seed)
         return CondUNet(self.task.unet_config, self.task.num_classes)
 
     def base(self, weights: str = "raw") -> CondUNet:
@@ -113,26 +118,52 @@ class Assets:
             folder = self.root / f"base-{content_hash(self.base_key())}"
             self.base_meta = _build(folder, self._train_base, "base model")
             for w in ("raw", "ema"):
-                try:
-                    net = CondUNet.load(folder / w, self.task.num_classes)
-                except Exception as exc:
-                    raise BenchError(f"cannot load cached base model {folder / w}: {exc}; "
-                                     f"delete {folder} to rebuild it") from exc
-                self._base[w] = net.to(self.device).eval()
+                self._base[w] = self._load_unet(folder, w, "base model")
         return self._base[weights].clone()
 
-    def _train_base(self, out: Path) -> dict:
-        recipe = self.profile.pretrain
+    def _load_unet(self, folder: Path, weights: str, what: str) -> CondUNet:
+        try:
+            net = CondUNet.load(folder / weights, self.task.num_classes)
+        except Exception as exc:
+            raise BenchError(f"cannot load cached {what} {folder / weights}: {exc}; "
+                             f"delete {folder} to rebuild it") from exc
+        return net.to(self.device).eval()
+
+    def _train_base(self, out: Path, recipe: Recipe | None = None, exclude_class: int | None = None) -> dict:
+        """The task's diffusion recipe from the base seed's initialisation and data order; with
+        ``exclude_class`` the class is left out of the data (Retrain). Cost is measured here."""
+        recipe = recipe or self.profile.pretrain
+        x, y = self.splits.train_x, self.splits.train_y
+        if exclude_class is not None:
+            x, y = x[y != exclude_class], y[y != exclude_class]
         net = self.new_model().to(self.device)
-        stream = batch_stream(self.splits.train_x, self.splits.train_y, recipe.batch, BASE_SEED, self.device)
-        t0 = time.perf_counter()
-        net, ema = train_diffusion(net, self.diffusion, stream, recipe, desc=f"pretrain {self.task.name}")
-        secs = time.perf_counter() - t0
+        stream = batch_stream(x, y, recipe.batch, self.training_seed, self.device)
+        what = "pretrain" if exclude_class is None else f"retrain without class {exclude_class}"
+        with PeakMemory(self.device) as mem:
+            watch = Stopwatch(self.device)
+            watch.start()
+            net, ema = train_diffusion(net, self.diffusion, stream, recipe,
+                                       desc=f"{what} {self.task.name} (base seed {self.base_seed})")
+            secs = watch.stop()
         net.save(out / "raw")
         ema.copy_to(net.parameters())
         net.save(out / "ema")
-        return {"kind": "base", "key": self.base_key(), "train_seconds": secs, "steps": recipe.steps,
+        return {"kind": "base" if exclude_class is None else "retrain",
+                "key": self.base_key(recipe, exclude_class), "train_seconds": secs, "steps": recipe.steps,
+                "peak_mem_mb": mem.peak_mb, "peak_mem_kind": mem.kind, "device": str(self.device),
                 "params": count_params(net), "created": time.time()}
+
+    def retrain(self, forget_class: int, steps: int | None = None, weights: str = "raw") -> tuple[CondUNet, dict]:
+        """``(fresh copy of the Retrain model, its manifest)``: the base recipe (``steps`` overrides
+        its length) on every class but ``forget_class``, from the base seed; cached like the base."""
+        recipe = self.profile.pretrain if steps is None else replace(self.profile.pretrain, steps=int(steps))
+        key = (forget_class, recipe, weights)
+        if key not in self._retrain:
+            folder = self.root / f"retrain-{content_hash(self.base_key(recipe, forget_class))}"
+            meta = _build(folder, lambda out: self._train_base(out, recipe, forget_class), "Retrain model")
+            self._retrain[key] = (self._load_unet(folder, weights, "Retrain model"), meta)
+        net, meta = self._retrain[key]
+        return net.clone(), meta
 
     # --- classifier -------------------------------------------------------------------------
     def classifier(self) -> torch.nn.Module:

@@ -79,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--task", required=True, help="task name (see 'list tasks')")
     r.add_argument("--forget-class", type=_parse_ints("--forget-class"), default=None,
                    help="class(es) to forget, e.g. 0 or 0,3 or 0-9 (default: the task's)")
-    r.add_argument("--seed", type=_parse_ints("--seed"), default=[0], help="seed(s), e.g. 0 or 0,1,2")
+    r.add_argument("--seed", type=_parse_ints("--seed"), default=[0],
+                   help="unlearning seed(s), e.g. 0 or 0,1,2 (method randomness and evaluation samples)")
+    r.add_argument("--base-seed", type=_parse_ints("--base-seed"), default=[0],
+                   help="base-model seed(s), e.g. 0,1,2: each trains its own base model (and Retrain) with "
+                        "pretraining seed 1234 + b (default: 0)")
     r.add_argument("--profile", default="fast", help="smoke | fast | paper (budgets and evaluation settings)")
     r.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default: ./{DEFAULT_OUT})")
     r.add_argument("--plugins", action="append", default=[], metavar="DIR", help="extra folder of method plugins")
@@ -99,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--profile", default="fast")
     pt.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     pt.add_argument("--cache", default=None)
+    pt.add_argument("--base-seed", type=_parse_ints("--base-seed"), default=[0],
+                    help="which base model(s) (pretraining seed 1234 + b)")
+    pt.add_argument("--curve", type=_parse_ints("--curve"), default=None, metavar="STEPS",
+                    help="instead: train base models of these lengths (e.g. 400,800,1600,3200), evaluate each as "
+                         "the Original row and FT from it, and write base_curve.{csv,md,png}")
+    pt.add_argument("--out", default=DEFAULT_OUT, help="with --curve: results folder (curve in <out>/<task>/)")
+    pt.add_argument("--no-ft", action="store_true", help="with --curve: evaluate the Original only")
+    pt.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
+                    help="with --curve: use this learning-rate schedule instead of the task's (files get a suffix)")
 
     ls = sub.add_parser("list", help="list registered methods, tasks or metrics")
     ls.add_argument("what", choices=["methods", "tasks", "metrics"])
@@ -139,25 +152,53 @@ def cmd_list(args) -> int:
 def cmd_pretrain(args) -> int:
     import torch
 
-    from bench.assets import Assets
-    from bench.tasks import get_task
+    from bench.assets import Assets, default_cache_root
+    from bench.paths import ensure_writable_dir
+    from bench.tasks import TASKS, get_task
 
-    task = get_task(args.task)
-    assets = Assets(task, task.profile(args.profile), torch.device(args.device), args.cache)
-    t0 = time.perf_counter()
-    assets.base("raw")
-    assets.classifier()
-    print(f"base model: {assets.base_meta['steps']} steps, trained in {assets.base_meta['train_seconds']:.1f} s; "
-          f"classifier test accuracy {assets.classifier_meta['test_acc']:.3f} ({time.perf_counter() - t0:.1f} s)")
+    if args.task not in TASKS:
+        raise TASKS.unknown(args.task)
+    task = get_task(TASKS.canonical(args.task))
+    profile = task.profile(args.profile)
+    cache = ensure_writable_dir(Path(args.cache) if args.cache else default_cache_root(), "--cache")
+    if args.curve:
+        from bench.calibrate import base_curve, write_curve
+        from bench.plugins import load_all
+
+        load_all()
+        out = ensure_writable_dir(Path(args.out), "--out") / task.name
+        suffix = ""
+        if args.lr_schedule and args.lr_schedule != profile.pretrain.lr_schedule:
+            profile = dataclasses.replace(profile, pretrain=dataclasses.replace(profile.pretrain,
+                                                                                lr_schedule=args.lr_schedule))
+            task = dataclasses.replace(task, profiles={**task.profiles, args.profile: profile})
+            suffix = f"_{args.lr_schedule}"
+        df = base_curve(task, args.profile, args.curve, args.base_seed, out / f"base-curve-runs{suffix}", cache,
+                        args.device, with_ft=not args.no_ft, progress=not os.environ.get("TQDM_DISABLE"))
+        r = profile.pretrain
+        print(write_curve(df, out, f"{task.name}: base model vs pretraining length ({r.optimizer} lr {r.lr}, "
+                                   f"{r.lr_schedule} schedule, batch {r.batch}; {args.profile} evaluation)",
+                          suffix))
+        return 0
+    for b in args.base_seed:
+        assets = Assets(task, profile, torch.device(args.device), cache, b)
+        t0 = time.perf_counter()
+        assets.base("raw")
+        assets.classifier()
+        print(f"base seed {b}: base model {assets.base_meta['steps']} steps, trained in "
+              f"{assets.base_meta['train_seconds']:.1f} s; classifier test accuracy "
+              f"{assets.classifier_meta['test_acc']:.3f} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
 def cmd_run(args) -> int:
     import torch
 
+    from bench.assets import default_cache_root
     from bench.driver import CellSpec, Driver
     from bench.method import METHODS
     from bench.metric import METRICS
+    from bench.paths import ensure_writable_dir
     from bench.plugins import load_all
     from bench.report import render
     from bench.tasks import TASKS, get_task
@@ -165,10 +206,10 @@ def cmd_run(args) -> int:
     load_all(args.plugins)
     if args.task not in TASKS:
         raise TASKS.unknown(args.task)
-    task = get_task(args.task)
+    task = get_task(TASKS.canonical(args.task))
     task.profile(args.profile)
     methods = METHODS.resolve_list(args.methods)
-    if args.methods.strip() == "all":  # reference rows first, so a partial run already has its anchors
+    if args.methods.strip().lower() == "all":  # reference rows first, so a partial run already has its anchors
         methods.sort(key=lambda m: (not METHODS.get(m).reference_row, m))
     extra = tuple(METRICS.resolve_list(args.metrics)) if args.metrics.strip() else ()
     classes = args.forget_class or [task.default_forget]
@@ -178,27 +219,57 @@ def cmd_run(args) -> int:
     if args.fid_backend:
         task = dataclasses.replace(task)
         task.profiles = {k: dataclasses.replace(v, fid_backend=args.fid_backend) for k, v in task.profiles.items()}
+    out = ensure_writable_dir(Path(args.out), "--out")
+    cache = ensure_writable_dir(Path(args.cache) if args.cache else default_cache_root(),
+                                "--cache" if args.cache else "the asset cache ($BENCH_CACHE or ~/.cache/unlearn-bench)")
     if args.device == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
-    driver = Driver(Path(args.out), args.device, Path(args.cache) if args.cache else None, progress=not args.quiet,
-                    task_override=task)
-    specs = [CellSpec(task.name, m, c, s, args.profile, sets[m], args.steps, extra)
-             for c in classes for s in args.seed for m in methods]
-    for spec in specs:  # validate every cell before spending any compute
-        driver.plan(spec)
+    driver = Driver(out, args.device, cache, progress=not args.quiet, task_override=task)
+    specs = [CellSpec(task.name, m, c, s, args.profile, sets[m], args.steps, extra, base_seed=b)
+             for b in args.base_seed for c in classes for s in args.seed for m in methods]
+    names = [driver.plan(spec)[2] for spec in specs]  # validate every cell before spending any compute
     t0 = time.perf_counter()
-    for k, spec in enumerate(specs, 1):
-        print(f"[{k}/{len(specs)}] {spec.method} forget={spec.forget_class} seed={spec.seed} ({args.profile})",
-              file=sys.stderr)
-        row = driver.run(spec, resume=not args.no_resume)
+    failed: list[str] = []
+    for k, (spec, name) in enumerate(zip(specs, names), 1):
+        print(f"[{k}/{len(specs)}] {spec.method} forget={spec.forget_class} base={spec.base_seed} seed={spec.seed} "
+              f"({args.profile})", file=sys.stderr)
+        row = _run_cell(driver, spec, name, out, task.name, not args.no_resume)
+        if row is None:
+            failed.append(name)
+            continue
         print(f"    UA {row['ua']:.3f}  retain {row['retain_acc']:.3f}  FID {row['fid']:.2f}  "
               f"unlearn {row['unlearn_s']:.1f}s  steps {row['grad_steps']}", file=sys.stderr)
-        render(Path(args.out) / task.name, quiet=True)
-    md = render(Path(args.out) / task.name)
+        render(out / task.name, quiet=True)
+    md = render(out / task.name) if (out / task.name / "runs").is_dir() else ""
     print(md)
-    print(f"bench: {len(specs)} cell(s) in {time.perf_counter() - t0:.1f} s; results in {Path(args.out) / task.name}",
-          file=sys.stderr)
+    done = len(specs) - len(failed)
+    print(f"bench: {len(specs)} cell(s) in {time.perf_counter() - t0:.1f} s: {done} complete, {len(failed)} failed; "
+          f"results in {out / task.name}", file=sys.stderr)
+    if failed:
+        print("bench: failed cells (error and traceback in failures/): " + ", ".join(failed), file=sys.stderr)
+        return 1
     return 0
+
+
+def _run_cell(driver, spec, name: str, out: Path, task: str, resume: bool):
+    """Run one cell; a method that raises is recorded as failed and the next cell still runs."""
+    import traceback
+
+    from bench.store import clear_failure, write_failure
+
+    try:
+        row = driver.run(spec, resume=resume)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a method's bug must not stop the other methods
+        print(f"    FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+        write_failure(out, task, name, {
+            "cell": name, "method": spec.method, "forget_class": spec.forget_class, "seed": spec.seed,
+            "base_seed": spec.base_seed, "profile": spec.profile, "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        return None
+    clear_failure(out, task, name)
+    return row
 
 
 def cmd_table(args) -> int:
@@ -217,6 +288,8 @@ def cmd_table(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        os.environ["TQDM_DISABLE"] = "1"  # read by tqdm at import: silences pretraining bars too
     try:
         _quiet_libraries()
         return {"run": cmd_run, "list": cmd_list, "table": cmd_table, "pretrain": cmd_pretrain}[args.command](args)

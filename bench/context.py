@@ -8,8 +8,12 @@ unlearning time.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import math
+import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -19,17 +23,30 @@ from bench.assets import Assets
 from bench.data import batch_stream
 from bench.diffusion import Diffusion
 from bench.generators import DiffusionSampler, Generator, OneStepGenerator
-from bench.measure import Counts, Stopwatch
+from bench.measure import Counts, PeakMemory, Stopwatch
 from bench.nets import CondUNet
 from bench.tasks import split_by_class
 
-ProbeFn = Callable[[Generator], dict[str, float]]
+
+class Probe(Protocol):
+    """What the driver probes during unlearning: ``full`` (UA and a probe FID, at the scheduled
+    probes) and ``ua`` (UA alone, on the same forget-class noise; the bisection refinement)."""
+
+    def full(self, gen: Generator) -> dict[str, float]: ...
+
+    def ua(self, gen: Generator) -> float: ...
+
+
+def snapshot_every(n: int, fraction: float) -> int:
+    """Iterations between weight snapshots: ``floor(fraction * n)``, at least 1."""
+    return max(1, int(math.floor(fraction * n)))
 
 
 class UnlearnContext:
     def __init__(self, assets: Assets, forget_class: int, cover_class: int, seed: int, counts: Counts,
-                 stopwatch: Stopwatch, probe_fn: ProbeFn | None = None, n_probes: int = 0,
-                 progress: bool = True, label: str = "") -> None:
+                 stopwatch: Stopwatch, probe_fn: Probe | None = None, n_probes: int = 0,
+                 progress: bool = True, label: str = "", memory: PeakMemory | None = None,
+                 ua_target: float | None = None, resolution: float = 0.02) -> None:
         self.assets = assets
         self.task = assets.task
         self.profile = assets.profile
@@ -45,6 +62,13 @@ class UnlearnContext:
         self.stopwatch = stopwatch
         self._probe_fn = probe_fn
         self._n_probes = n_probes
+        self._memory = memory
+        self._ua_target = ua_target
+        self._resolution = resolution
+        self._snapshots: list[dict[str, Any]] = []
+        self._scratch: dict[int, nn.Module] = {}
+        self._target_found = False
+        self._last_miss: dict[str, Any] | None = None
         self._progress = progress
         self._label = label
         self._hooks: list = []
@@ -56,6 +80,12 @@ class UnlearnContext:
         self.logs: list[dict[str, Any]] = []
         self.setup_seconds: float | None = None
         self.iterations_run = 0
+        self.info: dict[str, Any] = {}  # facts a method reports about itself (mask fraction, EMA decay)
+        self.carried: dict[str, float] = {}  # cost of a cached build (Retrain), measured when it was built
+        self.probe_seconds = 0.0  # wall time of the scheduled probes (excluded from unlearn_s)
+        self.refine_seconds = 0.0  # wall time of snapshots and bisection probes (excluded too)
+        self.refine_probes = 0
+        self.snapshot_interval: int | None = None
 
     # --- models ------------------------------------------------------------------------------
     def _track(self, net: nn.Module, name: str) -> nn.Module:
@@ -80,13 +110,19 @@ class UnlearnContext:
                 p.requires_grad_(False)
         return self._track(net, name)
 
-    def fresh_model(self, name: str = "model") -> CondUNet:
-        """The base architecture at a fresh random initialisation (Retrain), seeded by the cell seed."""
-        torch.manual_seed(self.seed)
-        net = CondUNet(self.task.unet_config, self.num_classes).to(self.device).train()
-        if self._default_probe_net is None:
-            self._default_probe_net = net
-        return self._track(net, name)
+    def retrained_model(self, steps: int, weights: str = "raw") -> CondUNet:
+        """The base architecture trained from scratch on D_r with the base model's recipe and seed
+        (``steps`` iterations), built once per (base seed, forget class, recipe) in the asset cache.
+
+        Its cost (wall seconds, optimizer steps, backward passes, peak memory) was measured by the
+        harness when it was built and is carried into this run's row, whether the cache was hit or
+        not; the build itself is excluded from this run's own measurements."""
+        with self._unmeasured():
+            net, meta = self.assets.retrain(self.forget_class, steps, weights)
+        self.carried = {"seconds": meta["train_seconds"], "optimizer_steps": meta["steps"],
+                        "backward_passes": meta["steps"], "peak_mem_mb": meta.get("peak_mem_mb", math.nan)}
+        self.record(retrain_hash=meta["files"][f"{weights}/diffusion_pytorch_model.safetensors"][:16])
+        return self._track(net.to(self.device), "model")
 
     def clone(self, net: CondUNet, name: str, trainable: bool = True) -> CondUNet:
         """A tracked deep copy of a model the method already holds."""
@@ -136,14 +172,21 @@ class UnlearnContext:
     def steps(self, n: int, probe: Callable[[], Generator] | None = None) -> Iterator[int]:
         """The budgeted loop: yields ``0 .. n-1`` with a progress bar.
 
-        Probes run before the first iteration, every ``n / n_probes`` iterations and after the last;
-        ``probe`` returns the generator to probe (default: the task sampler over the first trainable
-        model). Probe time, forward passes and steps are excluded from the measurements.
+        Probes (UA and a probe FID) run before the first iteration, every ``n / n_probes``
+        iterations and after the last. Between them the weights the probe would sample are
+        snapshotted every ``snapshot_every(n, resolution)`` iterations; when a probe first reaches
+        the UA target, the snapshots since the last probe that missed it are bisected with UA-only
+        probes, so the time to the target is known to one snapshot interval. ``probe`` returns the
+        generator to probe (default: the task sampler over the first trainable model). Probe,
+        snapshot and bisection time, forward passes, steps and memory are all excluded from the
+        measurements.
         """
         if self.setup_seconds is None:
             self.setup_seconds = self.stopwatch.elapsed
         make = probe or self._default_probe
         every = max(1, n // self._n_probes) if self._n_probes > 0 else 0
+        snap = snapshot_every(n, self._resolution) if every and self._ua_target is not None else 0
+        self.snapshot_interval = snap or None
         self._probe(self.iterations_run, make)
         bar = tqdm(range(n), desc=self._label, leave=False, disable=not self._progress, dynamic_ncols=True)
         for i in bar:
@@ -151,25 +194,91 @@ class UnlearnContext:
             self.iterations_run += 1
             if i + 1 == n or (every and (i + 1) % every == 0):
                 self._probe(self.iterations_run, make)
+            elif snap and not self._target_found and (i + 1) % snap == 0:
+                self._snapshot(make)
 
     def _default_probe(self) -> Generator:
         if self._default_probe_net is None:
             raise RuntimeError("no trainable model to probe; pass probe= to ctx.steps()")
         return self.sampler(self._default_probe_net)
 
+    @contextlib.contextmanager
+    def _unmeasured(self) -> Iterator[None]:
+        """Nothing inside counts: time, steps, passes, memory; the method's RNG streams are untouched."""
+        mem = self._memory.paused() if self._memory is not None else contextlib.nullcontext()
+        with self.stopwatch.paused(), self.counts.paused(), mem, \
+                torch.random.fork_rng(devices=self._rng_devices()):
+            yield
+
+    def _point(self, iteration: int) -> dict[str, Any]:
+        return {"iter": iteration, "unlearn_s": self.stopwatch.elapsed, "grad_steps": self.counts.optimizer_steps,
+                "backward_passes": self.counts.backward_passes}
+
     def _probe(self, iteration: int, make: Callable[[], Generator]) -> None:
         if self._probe_fn is None:
             return
         if self.curve and self.curve[-1]["iter"] == iteration:
             return
-        with self.stopwatch.paused(), self.counts.paused(), torch.random.fork_rng(devices=self._rng_devices()):
-            values = self._probe_fn(make())
-        self.curve.append({"iter": iteration, "unlearn_s": self.stopwatch.elapsed,
-                           "grad_steps": self.counts.optimizer_steps,
-                           "backward_passes": self.counts.backward_passes, **values})
+        point = self._point(iteration)
+        t0 = time.perf_counter()
+        with self._unmeasured():
+            values = self._probe_fn.full(make())
+        self.probe_seconds += time.perf_counter() - t0
+        self.curve.append({**point, "kind": "probe", **values})
+        if self._ua_target is None or self._target_found:
+            return
+        if values.get("ua", -1.0) >= self._ua_target:
+            self._target_found = True
+            t0 = time.perf_counter()
+            with self._unmeasured():
+                self._bisect(make)
+            self.refine_seconds += time.perf_counter() - t0
+        else:
+            self._last_miss = point
+        self._snapshots.clear()
+
+    def _snapshot(self, make: Callable[[], Generator]) -> None:
+        t0 = time.perf_counter()
+        point = self._point(self.iterations_run)
+        with self._unmeasured():
+            net = make().net
+            point["state"] = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+        self._snapshots.append(point)
+        self.refine_seconds += time.perf_counter() - t0
+
+    def _bisect(self, make: Callable[[], Generator]) -> None:
+        """First snapshot reaching the target between the last miss and the probe that hit: each
+        UA-only probe halves the candidates (assumes UA crosses the target once in the window)."""
+        cands = self._snapshots
+        lo, hi = -1, len(cands)  # cands[lo] missed (or is the last probe), cands[hi] hit (the probe)
+        gen = make()
+        scratch = self._scratch.get(id(gen.net))
+        if scratch is None and cands:
+            scratch = gen.net.clone() if hasattr(gen.net, "clone") else copy.deepcopy(gen.net)
+            self._scratch[id(gen.net)] = scratch
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            scratch.load_state_dict(cands[mid]["state"])
+            view = copy.copy(gen)
+            view.net = scratch
+            ua = self._probe_fn.ua(view)
+            self.refine_probes += 1
+            point = {k: v for k, v in cands[mid].items() if k != "state"}
+            self.curve.append({**point, "kind": "refine", "ua": ua})
+            if ua >= self._ua_target:
+                hi = mid
+            else:
+                lo = mid
+        self.curve.sort(key=lambda p: p["iter"])
 
     def _rng_devices(self) -> list:
         return [self.device] if self.device.type == "cuda" else []
+
+    def record(self, **values: Any) -> None:
+        """Facts about this run that belong in its result row (e.g. a mask's fraction, an effective
+        EMA decay); stored as ``info_<key>``."""
+        for k, v in values.items():
+            self.info[k] = float(v.detach()) if isinstance(v, Tensor) else v
 
     def log(self, **values: float) -> None:
         """Record scalars (losses, mask sparsity, ...) for this iteration; stored with the run."""

@@ -8,6 +8,7 @@ of forget-class and remaining-class images, NFE measured), evaluate (every metri
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 import sys
@@ -19,12 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.assets import Assets
+from bench.assets import BASE_SEED, Assets
+from bench.codever import harness_version, method_version
 from bench.context import UnlearnContext
 from bench.envinfo import environment
 from bench.errors import BenchError
 from bench.generators import Generator
-from bench.hashing import content_hash
+from bench.hashing import canonical, content_hash
 from bench.measure import Counts, PeakMemory, Stopwatch
 from bench.method import METHODS, resolve_config
 from bench.metric import METRICS, EvalContext
@@ -44,6 +46,7 @@ class CellSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     iters: int | None = None
     metrics: tuple[str, ...] = ()  # optional metrics on top of the default ones
+    base_seed: int = 0  # which base model (pretraining seed BASE_SEED + base_seed)
 
 
 def seed_everything(seed: int) -> None:
@@ -65,7 +68,7 @@ class Driver:
             raise BenchError("--device cuda was requested but no CUDA device is available")
         self.cache_root = cache_root
         self.progress = progress
-        self._assets: dict[tuple[str, str], Assets] = {}
+        self._assets: dict[tuple[str, str, int], Assets] = {}
         self._log = log or (lambda msg: print(msg, file=sys.stderr))
         self._task_override = task_override
 
@@ -74,10 +77,10 @@ class Driver:
             return self._task_override
         return get_task(name)
 
-    def assets(self, task: Task, profile: str) -> Assets:
-        key = (task.name, profile)
+    def assets(self, task: Task, profile: str, base_seed: int = 0) -> Assets:
+        key = (task.name, profile, base_seed)
         if key not in self._assets:
-            self._assets[key] = Assets(task, task.profile(profile), self.device, self.cache_root)
+            self._assets[key] = Assets(task, task.profile(profile), self.device, self.cache_root, base_seed)
         return self._assets[key]
 
     # --- cell identity -----------------------------------------------------------------------
@@ -87,6 +90,8 @@ class Driver:
         if not 0 <= spec.forget_class < task.num_classes:
             raise BenchError(f"--forget-class must be in 0..{task.num_classes - 1} for task {task.name!r}, "
                              f"got {spec.forget_class}")
+        if spec.base_seed < 0 or spec.seed < 0:
+            raise BenchError(f"seeds must be non-negative, got --seed {spec.seed} --base-seed {spec.base_seed}")
         profile = task.profile(spec.profile)
         cls = METHODS.get(spec.method)
         cfg = resolve_config(cls, task.name, profile.name, spec.overrides, spec.iters, task, profile)
@@ -94,10 +99,11 @@ class Driver:
         identity = {"task": task.name, "variant": task.dataset_variant, "method": cls.name,
                     "method_version": cls.version, "forget_class": spec.forget_class,
                     "cover_class": task.cover_class(spec.forget_class), "seed": spec.seed,
-                    "profile": dataclasses.asdict(profile), "config": dataclasses.asdict(cfg),
-                    "metrics": metric_names, "device": self.device.type}
+                    "base_seed": spec.base_seed, "profile": dataclasses.asdict(profile),
+                    "config": dataclasses.asdict(cfg), "metrics": metric_names, "device": self.device.type,
+                    "code": {"harness": harness_version(), "method": method_version(cls)}}
         cell_id = content_hash(identity, 10)
-        name = f"{cls.name}-f{spec.forget_class}-s{spec.seed}-{profile.name}-{cell_id}"
+        name = f"{cls.name}-f{spec.forget_class}-b{spec.base_seed}-s{spec.seed}-{profile.name}-{cell_id}"
         return cfg, identity, name
 
     def run(self, spec: CellSpec, resume: bool = True) -> dict[str, Any]:
@@ -114,18 +120,20 @@ class Driver:
         cls = METHODS.get(spec.method)
         method = cls(cfg)
         t0 = time.perf_counter()
-        assets = self.assets(task, spec.profile)
+        assets = self.assets(task, spec.profile, spec.base_seed)
         assets.base("raw")
         assets.classifier()
         prepare_s = time.perf_counter() - t0
 
+        p = assets.profile
         forget, cover = spec.forget_class, task.cover_class(spec.forget_class)
         counts, watch = Counts(), Stopwatch(self.device)
-        probe_fn = self._make_probe(assets, forget, spec.seed)
-        ctx = UnlearnContext(assets, forget, cover, spec.seed, counts, watch, probe_fn,
-                             n_probes=assets.profile.n_probes, progress=self.progress, label=name.rsplit("-", 1)[0])
+        probe = DriverProbe(assets, forget, spec.seed) if p.n_probes > 0 else None
         seed_everything(spec.seed)
-        with PeakMemory(self.device) as mem, counts.counting_optimizer_steps():
+        with PeakMemory(self.device) as mem_unlearn, counts.counting_optimizer_steps():
+            ctx = UnlearnContext(assets, forget, cover, spec.seed, counts, watch, probe, n_probes=p.n_probes,
+                                 progress=self.progress, label=name.rsplit("-", 1)[0], memory=mem_unlearn,
+                                 ua_target=p.ua_target, resolution=p.ttt_resolution)
             counts.enabled = True
             watch.start()
             generator = method.unlearn(ctx)
@@ -136,98 +144,136 @@ class Driver:
         unlearn_forward = dict(counts.forward_images)
 
         # --- sample ---
-        p = assets.profile
         t1 = time.perf_counter()
         counts.forward_images.clear()
-        counts.enabled = True
-        forget_labels = torch.full((p.n_ua,), forget, dtype=torch.long)
-        remain_labels = torch.tensor([c for c in ctx.remain_classes for _ in range(p.n_per_class)], dtype=torch.long)
-        imgs = generator.sample(torch.cat([forget_labels, remain_labels]), seed=spec.seed)
-        counts.enabled = False
-        n_imgs = max(1, len(imgs))
-        nfe = sum(counts.forward_images.values()) / n_imgs
+        labels = torch.cat([torch.full((p.n_ua,), forget, dtype=torch.long),
+                            torch.tensor([c for c in ctx.remain_classes for _ in range(p.n_per_class)],
+                                         dtype=torch.long)])
+        with PeakMemory(self.device) as mem_sample:
+            counts.enabled = True
+            imgs = generator.sample(labels, seed=spec.seed)
+            counts.enabled = False
+        nfe = sum(counts.forward_images.values()) / max(1, len(imgs))
         sample_s = time.perf_counter() - t1
         ctx.close()
 
         # --- evaluate ---
         t2 = time.perf_counter()
-        ev = EvalContext(assets, generator, forget, cover, spec.seed, imgs[:p.n_ua], imgs[p.n_ua:], remain_labels)
+        ev = EvalContext(assets, generator, forget, cover, spec.seed, imgs[:p.n_ua], imgs[p.n_ua:], labels[p.n_ua:])
         values: dict[str, Any] = {}
-        for mname in identity["metrics"]:
-            values.update(METRICS.get(mname)().compute(ev))
+        with PeakMemory(self.device) as mem_eval:
+            for mname in identity["metrics"]:
+                values.update(METRICS.get(mname)().compute(ev))
         evaluate_s = time.perf_counter() - t2
 
-        ttt_s, ttt_steps = time_to_target(ctx.curve, p.ua_target)
+        carried = ctx.carried
+        grad_steps = counts.optimizer_steps + int(carried.get("optimizer_steps", 0))
+        target = time_to_target(ctx.curve, p.ua_target)
         expected = method.expected_steps()
-        if counts.optimizer_steps != expected:
-            self._log(f"warning: {name}: the driver counted {counts.optimizer_steps} optimizer steps, the budget "
+        if grad_steps != expected:
+            self._log(f"warning: {name}: the driver counted {grad_steps} optimizer steps, the budget "
                       f"says {expected} ({cfg.iters} iterations x {cls.steps_per_iter})")
         env = environment(self.device)
+        clf_meta, base_meta = assets.classifier_meta, assets.base_meta
         row = {
             "method": cls.name, "task": task.name, "forget_class": forget, "cover_class": cover,
-            "seed": spec.seed, "profile": p.name, "status": cls.status, "method_version": cls.version,
-            "output": cls.output, "data_free": cls.data_free, "reference_row": cls.reference_row,
+            "base_seed": spec.base_seed, "seed": spec.seed, "profile": p.name, "status": cls.status,
+            "method_version": cls.version, "output": cls.output, "data_free": cls.data_free,
+            "reference_row": cls.reference_row,
             **values,
-            "iters": int(cfg.iters), "grad_steps": counts.optimizer_steps, "expected_steps": expected,
-            "backward_passes": counts.backward_passes,
+            "iters": int(cfg.iters), "grad_steps": grad_steps, "expected_steps": expected,
+            "backward_passes": counts.backward_passes + int(carried.get("backward_passes", 0)),
             "forward_images": int(sum(unlearn_forward.values())),
             "nfe": nfe, **generator.describe(),
             "prepare_s": prepare_s, "setup_s": ctx.setup_seconds if ctx.setup_seconds is not None else unlearn_s,
-            "unlearn_s": unlearn_s, "sample_s": sample_s, "evaluate_s": evaluate_s,
-            "peak_mem_mb": mem.peak_mb, "peak_mem_kind": mem.kind,
-            "ua_target": p.ua_target, "time_to_target_s": ttt_s, "time_to_target_steps": ttt_steps,
+            "unlearn_s": unlearn_s + carried.get("seconds", 0.0), "sample_s": sample_s, "evaluate_s": evaluate_s,
+            "cost_carried": bool(carried),
+            "peak_mem_unlearn_mb": max(mem_unlearn.peak_mb, carried.get("peak_mem_mb", 0.0)),
+            "peak_mem_sample_mb": mem_sample.peak_mb, "peak_mem_evaluate_mb": mem_eval.peak_mb,
+            "peak_mem_kind": mem_unlearn.kind,
+            "ua_target": p.ua_target, "time_to_target_s": target["s"], "time_to_target_steps": target["steps"],
+            "time_to_target_iters": target["iters"], "snapshot_interval": ctx.snapshot_interval,
+            "probe_s": ctx.probe_seconds, "refine_s": ctx.refine_seconds, "refine_probes": ctx.refine_probes,
             "n_ua": p.n_ua, "n_per_class": p.n_per_class,
             "dataset_variant": task.dataset_variant,
-            "classifier_test_acc": assets.classifier_meta.get("test_acc"),
-            "classifier_forget_recall": assets.classifier_meta.get("test_recall", [None] * (forget + 1))[forget],
-            "classifier_hash": assets.classifier_meta.get("files", {}).get("classifier.safetensors", "")[:16],
-            "base_hash": assets.base_meta.get("files", {}).get("raw/diffusion_pytorch_model.safetensors", "")[:16],
-            "base_steps": assets.base_meta.get("steps"),
-            "config_hash": content_hash(dataclasses.asdict(cfg), 12), "cell_id": name.rsplit("-", 1)[1],
-            "cell": name, "git": env["git"], "device": env["device"], "v_torch": env["v_torch"],
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "classifier_test_acc": clf_meta.get("test_acc"),
+            "classifier_forget_recall": clf_meta.get("test_recall", [None] * (forget + 1))[forget],
+            "classifier_hash": clf_meta.get("files", {}).get("classifier.safetensors", "")[:16],
+            "base_training_seed": BASE_SEED + spec.base_seed,
+            "base_hash": base_meta.get("files", {}).get("raw/diffusion_pytorch_model.safetensors", "")[:16],
+            "base_steps": base_meta.get("steps"),
+            **{f"info_{k}": v for k, v in ctx.info.items()},
+            "config_hash": content_hash(dataclasses.asdict(cfg), 12),
+            "config_json": json.dumps(canonical(dataclasses.asdict(cfg)), sort_keys=True),
+            "config_overrides": json.dumps(canonical(_user_overrides(spec)), sort_keys=True),
+            "cell_id": name.rsplit("-", 1)[1], "cell": name,
+            "harness_code": identity["code"]["harness"], "method_code": identity["code"]["method"],
+            "git": env["git"], "git_dirty": env["git"].endswith("-dirty"), "device": env["device"],
+            "v_torch": env["v_torch"], "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         _check_finite(row, name, self._log)
         config = {"identity": identity, "method": cls.describe(), "config": dataclasses.asdict(cfg),
-                  "environment": env, "base": assets.base_meta, "classifier": assets.classifier_meta,
+                  "environment": env, "base": base_meta, "classifier": clf_meta, "carried_cost": carried,
                   "counts": {"forward_images_by_net": unlearn_forward,
                              "backward_by_net": dict(counts.backward_by_net)}}
-        write_cell(folder, row, config, ctx.curve, ctx.logs, imgs, torch.cat([forget_labels, remain_labels]))
+        write_cell(folder, row, config, ctx.curve, ctx.logs, imgs, labels, class_names=list(task.class_names),
+                   title=f"{cls.name}: forget class {forget}, base seed {spec.base_seed}, seed {spec.seed}")
         return row
 
-    def _make_probe(self, assets: Assets, forget: int, seed: int):
+
+class DriverProbe:
+    """UA on ``probe_n`` forget-class samples and a probe FID on ``probe_n // 2`` samples per remaining
+    class, with noise fixed per cell (offset from the evaluation seed); ``ua`` reuses the same
+    forget-class noise, so a bisection probe and a scheduled probe score the same draws. The probe
+    FID always goes through torch-fidelity on the task classifier's features (it only draws curves;
+    the table's FID follows ``--fid-backend``)."""
+
+    def __init__(self, assets: Assets, forget: int, seed: int) -> None:
+        from bench.diffusion import to_uint8
+
         p = assets.profile
-        if p.n_probes <= 0:
-            return None
+        self.n, self.forget, self.seed = p.probe_n, forget, seed + PROBE_SEED_OFFSET
+        remain = [c for c in range(assets.task.num_classes) if c != forget]
+        self.labels = torch.tensor([forget] * p.probe_n + [c for c in remain for _ in range(p.probe_n // 2)])
+        self.real = to_uint8(assets.splits.train_x[assets.splits.train_y != forget])
+        self.clf = assets.classifier()
+
+    def _ua(self, imgs: torch.Tensor) -> float:
         from bench.diffusion import from_uint8
         from bench.train import predict
+
+        return float((predict(self.clf, from_uint8(imgs)).argmax(1) != self.forget).float().mean())
+
+    def ua(self, gen: Generator) -> float:
+        return self._ua(gen.sample(self.labels[:self.n], seed=self.seed))
+
+    def full(self, gen: Generator) -> dict[str, float]:
         from metrics._fidelity import torch_fidelity_metrics
 
-        remain = [c for c in range(assets.task.num_classes) if c != forget]
-        labels = torch.tensor([forget] * p.probe_n + [c for c in remain for _ in range(p.probe_n // 2)])
-        real = assets.splits.train_x[assets.splits.train_y != forget]
-        real_u8 = ((real.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        clf = assets.classifier()
-
-        def probe(gen: Generator) -> dict[str, float]:
-            imgs = gen.sample(labels, seed=seed + PROBE_SEED_OFFSET)
-            pf = predict(clf, from_uint8(imgs[:p.probe_n])).argmax(1)
-            fid = torch_fidelity_metrics(imgs[p.probe_n:], real_u8, clf, "probe", kid=False, prc=False)["fid"]
-            return {"ua": float((pf != forget).float().mean()), "fid": fid}
-
-        return probe
+        imgs = gen.sample(self.labels, seed=self.seed)
+        fid = torch_fidelity_metrics(imgs[self.n:], self.real, self.clf, "probe", kid=False, prc=False)["fid"]
+        return {"ua": self._ua(imgs[:self.n]), "fid": fid}
 
 
-def time_to_target(curve: list[dict], target: float) -> tuple[float, float]:
-    """Unlearning seconds and optimizer steps at the first probe whose UA reaches ``target``."""
-    for point in curve:
+def _user_overrides(spec: CellSpec) -> dict[str, Any]:
+    """What the user changed from the method's defaults for this profile (``--set``, ``--steps``)."""
+    out = dict(spec.overrides)
+    if spec.iters is not None:
+        out["iters"] = spec.iters
+    return out
+
+
+def time_to_target(curve: list[dict], target: float) -> dict[str, float]:
+    """Unlearning seconds, optimizer steps and iterations at the first curve point (scheduled probe or
+    bisection probe) whose UA reaches ``target``; NaN when none does."""
+    for point in sorted(curve, key=lambda p: p["iter"]):
         if point.get("ua", -1) >= target:
-            return float(point["unlearn_s"]), float(point["grad_steps"])
-    return math.nan, math.nan
+            return {"s": float(point["unlearn_s"]), "steps": float(point["grad_steps"]), "iters": float(point["iter"])}
+    return {"s": math.nan, "steps": math.nan, "iters": math.nan}
 
 
 def _check_finite(row: dict, name: str, log) -> None:
-    core = ("ua", "retain_acc", "fid", "unlearn_s", "nfe", "peak_mem_mb")  # others may be NaN by definition
+    core = ("ua", "retain_acc", "fid", "unlearn_s", "nfe", "peak_mem_unlearn_mb")  # others may be NaN by definition
     bad = [k for k in core if isinstance(row.get(k), float) and math.isnan(row[k])]
     if bad:
         log(f"warning: {name}: non-finite values for {', '.join(bad)}")

@@ -5,12 +5,16 @@
   (a backward pass is counted when a gradient reaches that network's output, so two forwards in one
   graph count two backward passes, the cost unit of methods.md §14);
 * wall time per phase, synchronised on CUDA, with probe time excluded from the unlearn phase;
-* peak memory: CUDA's allocator peak, or on CPU the peak resident set sampled by a thread.
+* peak memory per phase, above the phase's starting level and without probes: CUDA's allocator
+  peak, or on CPU the peak resident set sampled by a thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
+import os
 import threading
 import time
 from collections import Counter
@@ -114,15 +118,38 @@ class Stopwatch:
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096
-    except OSError:  # not Linux: fall back to the process-lifetime peak
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):  # not Linux: fall back to the process-lifetime peak
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def release_freed_memory() -> None:
+    """Hand memory that was freed back to the OS (glibc ``malloc_trim``), so that the resident set
+    seen after a block reflects what is still in use, not what the allocator kept for later."""
+    gc.collect()
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
+
+
 class PeakMemory:
-    """Peak memory during a block, in MiB: CUDA allocator peak, else sampled RSS (``kind`` says which)."""
+    """Peak memory of one phase, in MiB ABOVE the level at the phase's start, with pauses.
+
+    ``kind`` says what is measured: ``cuda-allocated`` (the CUDA caching allocator's peak of
+    allocated bytes) or ``cpu-rss`` (the process's resident set, sampled every ``interval`` seconds
+    by a thread). Blocks run inside :meth:`paused` (probes) do not count; on the CPU, memory they
+    freed is handed back to the OS before sampling resumes.
+    """
 
     def __init__(self, device: torch.device, interval: float = 0.02) -> None:
         self.device = device
@@ -130,24 +157,59 @@ class PeakMemory:
         self.peak_mb = 0.0
         self.kind = "cuda-allocated" if device.type == "cuda" else "cpu-rss"
         self._stop = threading.Event()
+        self._paused = False
+        self._base = 0
+        self._peak = 0
+
+    def _sample(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        return _rss_bytes()
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
+            sync(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
         else:
-            self._peak = _rss_bytes()
+            release_freed_memory()
+            self._base = _rss_bytes()
             self._thread = threading.Thread(target=self._watch, daemon=True)
             self._thread.start()
+        self._peak = self._base
         return self
 
     def _watch(self) -> None:
         while not self._stop.wait(self.interval):
-            self._peak = max(self._peak, _rss_bytes())
+            if not self._paused:
+                rss = _rss_bytes()
+                if not self._paused:  # a pause may have begun while reading
+                    self._peak = max(self._peak, rss)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        if self._paused:
+            yield
+            return
+        if self.device.type == "cuda":
+            sync(self.device)
+        self._peak = max(self._peak, self._sample())
+        self._paused = True
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                sync(self.device)
+                torch.cuda.reset_peak_memory_stats(self.device)
+            else:
+                release_freed_memory()
+            self._paused = False
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            sync(self.device)
         else:
             self._stop.set()
             self._thread.join()
-            self.peak_mb = max(self._peak, _rss_bytes()) / 2**20
+        self._peak = max(self._peak, self._sample())
+        self.peak_mb = max(0, self._peak - self._base) / 2**20

@@ -26,14 +26,17 @@ class Method:
     data_free: ClassVar[bool] = False
     #: "multi-step" (evaluated with the task's sampler) or "one-step" (a distilled generator)
     output: ClassVar[str] = "multi-step"
-    #: "reference" (follows official code), "paper" (paper only), "reconstruction" or "baseline"
-    status: ClassVar[str] = "reference"
+    #: "reference" (checked against official code), "paper" (paper only), "reconstruction",
+    #: "baseline", or "user" (the default: a plugin whose fidelity this project has not checked)
+    status: ClassVar[str] = "user"
     version: ClassVar[str] = "1"
     #: optimizer steps per iteration; the driver checks ``iters * steps_per_iter`` against its count
     steps_per_iter: ClassVar[int] = 1
-    #: False for baselines that are known not to forget (FT); the conformance suite then only checks
-    #: that they run within budget, not that UA rises
-    forgets: ClassVar[bool] = True
+    #: conformance checks this method is known to fail, with the reason: "forgets" (UA rises well
+    #: above the Original's) and/or "keeps_quality" (retained accuracy stays above the floor). The
+    #: suite runs them anyway and marks them as expected failures (xfail, strict), so a method that
+    #: starts passing, or a new failure, is visible.
+    expected_failures: ClassVar[dict[str, str]] = {}
     #: reference rows (Original, Retrain) are shown apart in tables
     reference_row: ClassVar[bool] = False
     #: per-profile overrides of the reference defaults: keys are a profile ("fast") or
@@ -89,7 +92,8 @@ def parse_value(text: str) -> Any:
 
 def resolve_config(cls: type[Method], task: str, profile: str, overrides: dict[str, Any] | None = None,
                    iters: int | None = None, task_obj: Any = None, profile_obj: Any = None) -> Any:
-    """Reference defaults, then the profile preset, then the task:profile preset, then user overrides."""
+    """Reference defaults, then ``task_defaults``, then the profile preset, then the task:profile preset,
+    then user overrides (``--set``), then ``--steps``."""
     merged: dict[str, Any] = {}
     merged.update(cls.task_defaults(task_obj, profile_obj) if task_obj is not None else {})
     merged.update(cls.presets.get(profile, {}))

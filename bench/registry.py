@@ -53,7 +53,7 @@ class Registry(Generic[T]):
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return isinstance(name, str) and self.canonical(name) is not None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
@@ -61,14 +61,24 @@ class Registry(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
+    def canonical(self, name: str) -> str | None:
+        """The registered spelling of ``name``: exact, else the one case-insensitive match, else None."""
+        if name in self._items:
+            return name
+        folded = [k for k in self._items if k.lower() == name.lower()]
+        return folded[0] if len(folded) == 1 else None
+
     def unknown(self, name: str) -> BenchError:
-        near = difflib.get_close_matches(name, list(self._items), n=3, cutoff=0.5)
+        lowered = {k.lower(): k for k in self._items}
+        near = [lowered[k] for k in difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.5)]
         hint = f" Did you mean {', '.join(near)}?" if near else ""
         return BenchError(f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(self.names())}")
 
     def get(self, name: str) -> T:
-        if name not in self._items:
+        key = self.canonical(name)
+        if key is None:
             raise self.unknown(name)
+        name = key
         obj = self._items[name]
         if isinstance(obj, str):
             module, _, attr = obj.partition(":")
@@ -83,12 +93,15 @@ class Registry(Generic[T]):
         names = [s.strip() for s in spec.split(",") if s.strip()]
         if not names:
             raise BenchError(f"no {self.kind} named; available: {', '.join(self.names())}")
-        if names == ["all"]:
+        if [n.lower() for n in names] == ["all"]:
             return self.names()
+        out = []
         for n in names:
-            if n not in self._items:
+            key = self.canonical(n)
+            if key is None:
                 raise self.unknown(n)
-        return list(dict.fromkeys(names))
+            out.append(key)
+        return list(dict.fromkeys(out))
 
 
 def import_folder(folder: Path, package: str | None = None) -> list[str]:

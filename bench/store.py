@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from bench.hashing import atomic_write_json, atomic_write_text
 
@@ -57,24 +56,46 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def save_grid(images: torch.Tensor, labels: torch.Tensor, path: Path, per_row: int = 8, scale: int = 4) -> None:
-    """One row per class, ``per_row`` samples each, upscaled with nearest neighbours."""
-    from torchvision.utils import make_grid
+def save_grid(images: torch.Tensor, labels: torch.Tensor, path: Path, per_row: int = 8, title: str = "",
+              class_names: list[str] | None = None, first: int | None = None) -> None:
+    """One row per class (``first``, the forget class, on top and marked), ``per_row`` samples each,
+    labelled; written atomically."""
+    import matplotlib
 
-    picks = []
-    for c in torch.unique(labels).tolist():
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = torch.unique(labels).tolist()
+    if first is not None and first in classes:
+        classes = [first] + [c for c in classes if c != first]
+    fig, axes = plt.subplots(len(classes), per_row, figsize=(0.62 * per_row + 1.4, 0.62 * len(classes) + 0.6),
+                             squeeze=False)
+    for r, c in enumerate(classes):
         sel = images[labels == c][:per_row]
-        if len(sel) < per_row:
-            sel = torch.cat([sel, torch.zeros((per_row - len(sel), *images.shape[1:]), dtype=images.dtype)])
-        picks.append(sel)
-    grid = make_grid(torch.cat(picks).float(), nrow=per_row, padding=1, pad_value=255).to(torch.uint8)
-    arr = grid.permute(1, 2, 0).numpy()
-    img = Image.fromarray(arr[:, :, 0] if images.shape[1] == 1 else arr)
-    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
+        for k in range(per_row):
+            ax = axes[r][k]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for sp in ax.spines.values():
+                sp.set_visible(False)
+            if k < len(sel):
+                arr = sel[k].permute(1, 2, 0).numpy()
+                ax.imshow(arr[:, :, 0] if arr.shape[2] == 1 else arr, cmap="gray", vmin=0, vmax=255,
+                          interpolation="nearest")
+        name = class_names[c] if class_names else str(c)
+        axes[r][0].set_ylabel(f"{name}{' (forget)' if c == first else ''}", rotation=0, ha="right", va="center",
+                              fontsize=8, color="crimson" if c == first else "black")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.3)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def write_cell(folder: Path, row: dict[str, Any], config: dict[str, Any], curve: list[dict], logs: list[dict],
-               images: torch.Tensor, labels: torch.Tensor) -> None:
+               images: torch.Tensor, labels: torch.Tensor, title: str = "",
+               class_names: list[str] | None = None) -> None:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
@@ -82,7 +103,8 @@ def write_cell(folder: Path, row: dict[str, Any], config: dict[str, Any], curve:
         atomic_write_json(tmp / "config.json", config)
         atomic_write_text(tmp / "curve.csv", _csv_text(curve))
         atomic_write_text(tmp / "log.csv", _csv_text(logs))
-        save_grid(images, labels, tmp / "samples.png")
+        save_grid(images, labels, tmp / "samples.png", title=title, first=row.get("forget_class"),
+                  class_names=class_names)
         atomic_write_json(tmp / ROW_FILE, row)
         if folder.exists():  # an incomplete leftover of a killed run: replace it
             shutil.rmtree(folder)
@@ -104,3 +126,31 @@ def write_runs_csv(out: Path, task: str) -> Path:
     path = task_dir(out, task) / "runs.csv"
     atomic_write_text(path, _csv_text(collect_rows(out, task)))
     return path
+
+
+def failure_path(out: Path, task: str, cell_name: str) -> Path:
+    return task_dir(out, task) / "failures" / f"{cell_name}.json"
+
+
+def write_failure(out: Path, task: str, cell_name: str, info: dict[str, Any]) -> Path:
+    """Record a cell that raised (error, traceback, identity); a later successful run removes it."""
+    path = failure_path(out, task, cell_name)
+    atomic_write_json(path, info)
+    return path
+
+
+def clear_failure(out: Path, task: str, cell_name: str) -> None:
+    failure_path(out, task, cell_name).unlink(missing_ok=True)
+
+
+def collect_failures(out: Path, task: str) -> list[dict[str, Any]]:
+    folder = task_dir(out, task) / "failures"
+    if not folder.is_dir():
+        return []
+    rows = []
+    for f in sorted(folder.glob("*.json")):
+        try:
+            rows.append(json.loads(f.read_text()))
+        except (OSError, ValueError):
+            continue
+    return rows

@@ -56,12 +56,27 @@ def replay_batches(x: Tensor, y: Tensor, batch: int, seed: int):
     return batch_stream(x, y, batch, seed, x.device)
 
 
-class EMA:
-    """``shadow <- mu * shadow + (1 - mu) * theta`` after each optimizer step, on a context clone."""
+def budget_decay(decay: float, iters: int, ref_iters: int) -> float:
+    """The EMA decay for a run of ``iters`` iterations that leaves the starting shadow the same weight
+    at the end as ``decay`` does over ``ref_iters`` (the budget it was set for):
+    ``mu_eff ** iters == decay ** ref_iters``. ``ref_iters <= 0`` or ``iters <= 0`` keeps ``decay``.
 
-    def __init__(self, ctx, net: nn.Module, decay: float, name: str = "ema") -> None:
+    SA's 0.9999 over 20,000 iterations leaves the pretrained EMA e^-2 = 13.5% of the final shadow;
+    kept at 0.9999 over 150 iterations it would leave 98.5%, and an EMA evaluation would show the
+    original model."""
+    if ref_iters <= 0 or iters <= 0:
+        return decay
+    return float(decay) ** (float(ref_iters) / float(iters))
+
+
+class EMA:
+    """``shadow <- mu * shadow + (1 - mu) * theta`` after each optimizer step. The shadow starts
+    from the PRETRAINED EMA weights (methods.md §9.4: "EMA shadow <- pretrained EMA"), not from the
+    raw weights the optimizer starts from."""
+
+    def __init__(self, ctx, decay: float, name: str = "ema") -> None:
         self.decay = decay
-        self.net = ctx.clone(net, name, trainable=False)
+        self.net = ctx.base_model("ema", name=name, trainable=False)
 
     @torch.no_grad()
     def update(self, net: nn.Module) -> None:

@@ -13,8 +13,8 @@ class FineTune(Method):
     """Continue training on D_r with L_simple (label dropout 0.1), Adam 1e-4, clip 1.0, no EMA.
     Expected to under-forget: it only relies on catastrophic forgetting of the forget class, which a
     few hundred steps on the other classes do not cause (measured on digits: UA stays 0.0 at fast),
-    matching the SalUn project page's "under-forgetting" verdict; so it is exempt from the
-    conformance suite's forgetting check (``forgets = False``)."""
+    matching the SalUn project page's "under-forgetting" verdict; the conformance suite's forgetting
+    check is marked as an expected failure for it (``expected_failures``)."""
 
     @dataclass(frozen=True)
     class Config:
@@ -27,8 +27,9 @@ class FineTune(Method):
     paper = "fine-tuning baseline (SalUn, arXiv 2310.12508; DDPM recipe is a reconstruction)"
     data_free = False
     status = "reconstruction"
-    forgets = False
-    presets = {"fast": {"iters": 300}, "smoke": {"iters": 30}}
+    expected_failures = {"forgets": "FT only trains on the remaining classes; a short run does not make the "
+                                    "model forget (under-forgetting, SalUn project page)"}
+    presets = {"fast": {"iters": 150}, "smoke": {"iters": 20}}  # SalUn's budgets (spec: same as SalUn)
 
     def unlearn(self, ctx):
         cfg, d = self.config, ctx.diffusion

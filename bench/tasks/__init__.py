@@ -22,6 +22,7 @@ class Recipe:
     clip: float = 1.0
     p_drop: float = 0.1
     ema: float = 0.9999
+    lr_schedule: str = "constant"  # "constant" (reference) | "cosine" (decay to 0 over ``steps``)
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,10 @@ class Profile:
     eta: float
     n_ua: int  # forget-class samples for UA
     n_per_class: int  # samples per remaining class for retained accuracy and FID
-    n_probes: int  # probes spread over the unlearning run (plus one at the start)
-    probe_n: int  # forget-class samples per probe; also per remaining class for the probe FID
+    n_probes: int  # probes spread over the unlearning run (plus one before the first and one after the last iteration)
+    probe_n: int  # forget-class samples per probe (UA); probe_n // 2 per remaining class for the probe FID
     ua_target: float = 0.9  # time-to-target threshold on the probe UA
+    ttt_resolution: float = 0.02  # weight snapshots for the time-to-target bisection, as a fraction of the budget
     fid_backend: str = "torch-fidelity"
     description: str = ""
 

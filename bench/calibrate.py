@@ -1,0 +1,88 @@
+"""``bench pretrain --curve``: how the base model's quality depends on its pretraining length.
+
+For each length, a base model is trained with the task's recipe (only ``steps`` changed; the
+learning-rate schedule runs over the whole length) for each base seed, and evaluated exactly as
+the Original row of a table (the profile's sampler, sample counts and metrics). Optionally FT is
+run from it: if a short fine-tune on the remaining classes still improves FID or retained accuracy,
+the base model is not converged and cannot anchor the quality columns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from bench.driver import CellSpec, Driver
+from bench.hashing import atomic_write_text
+from bench.tasks import Task
+
+COLUMNS = ["ua", "retain_acc", "fid", "kid", "precision", "recall"]
+
+
+def base_curve(task: Task, profile: str, lengths: list[int], base_seeds: list[int], out: Path, cache: Path,
+               device: str = "cpu", with_ft: bool = True, progress: bool = False) -> pd.DataFrame:
+    """One row per (length, base seed, method) with the evaluation metrics and the training time."""
+    rows = []
+    for steps in lengths:
+        prof = task.profile(profile)
+        prof = dataclasses.replace(prof, pretrain=dataclasses.replace(prof.pretrain, steps=int(steps)), n_probes=0)
+        t = dataclasses.replace(task, profiles={**task.profiles, profile: prof})
+        driver = Driver(out / f"steps-{steps}", device, cache, progress=progress, log=lambda m: None, task_override=t)
+        for b in base_seeds:
+            for method in ("original", "ft") if with_ft else ("original",):
+                print(f"base curve: {steps} steps, base seed {b}, {method}", file=sys.stderr)
+                row = driver.run(CellSpec(t.name, method, t.default_forget, 0, profile, base_seed=b))
+                meta = driver.assets(t, profile, b).base_meta
+                rows.append({"pretrain_steps": steps, "base_seed": b, "method": method,
+                             **{k: row.get(k) for k in COLUMNS}, "ft_iters": row["iters"] if method == "ft" else 0,
+                             "pretrain_s": meta.get("train_seconds"), "lr_schedule": prof.pretrain.lr_schedule})
+    return pd.DataFrame(rows)
+
+
+def write_curve(df: pd.DataFrame, folder: Path, title: str, suffix: str = "") -> str:
+    """``base_curve<suffix>.csv``, ``.md`` (mean ± sd over base seeds) and ``.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / f"base_curve{suffix}.csv", df.to_csv(index=False))
+    lines = [f"# {title}", "", "| pretraining steps | model | UA | retain acc | FID | KID | pretrain time (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for (steps, method), g in df.groupby(["pretrain_steps", "method"], sort=True):
+        def ms(col: str, fmt: str, g=g) -> str:
+            v = pd.to_numeric(g[col], errors="coerce").dropna()
+            sd = f" ± {fmt.format(v.std(ddof=1))}" if len(v) > 1 else ""
+            return "–" if v.empty else fmt.format(v.mean()) + sd
+
+        label = "Original" if method == "original" else f"FT {int(g['ft_iters'].iloc[0])} iters from it"
+        lines.append(f"| {steps} | {label} | {ms('ua', '{:.3f}')} | {ms('retain_acc', '{:.3f}')} | "
+                     f"{ms('fid', '{:.3f}')} | {ms('kid', '{:.4f}')} | {ms('pretrain_s', '{:.0f}')} |")
+    md = "\n".join(lines) + "\n"
+    atomic_write_text(folder / f"base_curve{suffix}.md", md)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for method, style in (("original", "o-"), ("ft", "s--")):
+        g = df[df["method"] == method]
+        if g.empty:
+            continue
+        agg = g.groupby("pretrain_steps")[["retain_acc", "fid"]].agg(["mean", "std"])
+        for ax, col in zip(axes, ("retain_acc", "fid")):
+            ax.errorbar(agg.index, agg[(col, "mean")], yerr=agg[(col, "std")].fillna(0), fmt=style, capsize=3,
+                        label="Original" if method == "original" else "FT from it")
+    for ax, yl in zip(axes, ("retained accuracy ↑", "FID (task-classifier features) ↓")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("pretraining steps")
+        ax.set_ylabel(yl)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    tmp = folder / ".base_curve.tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(folder / f"base_curve{suffix}.png")
+    return md
