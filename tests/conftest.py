@@ -18,7 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from diffusers.utils import logging as _dlog  # noqa: E402
 
 _dlog.set_verbosity_error()
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# BENCH_THREADS lets a developer run the suite beside other work without oversubscribing the cores
+torch.set_num_threads(int(os.environ.get("BENCH_THREADS") or max(1, min(2, os.cpu_count() or 1))))
 
 from bench.plugins import load_all  # noqa: E402
 

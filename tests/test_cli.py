@@ -35,7 +35,7 @@ def test_run_writes_cells_csv_tables_and_plots(run_out):
     rows = list(csv.DictReader(open(t / "runs.csv")))
     assert {row["method"] for row in rows} == {"original", "ga"}
     required = {"method", "task", "forget_class", "seed", "profile", "ua", "retain_acc", "fid", "unlearn_s",
-                "grad_steps", "backward_passes", "nfe", "peak_mem_mb"}
+                "grad_steps", "backward_passes", "nfe", "peak_mem_unlearn_mb", "base_seed", "time_to_target_iters"}
     assert required <= set(rows[0])
     for name in ("table.md", "table.tex", "curves_smoke.png", "summary.json", "samples/ga_smoke.png"):
         assert (t / name).is_file(), name
@@ -91,25 +91,72 @@ def test_list_commands(cache_root, tmp_path):
         "        return ctx.sampler(ctx.base_model(trainable=False))\n")
     r = bench("list", "methods", "--plugins", str(tmp_path), cache=cache_root)
     assert "cli-plugin-test" in r.stdout and "a dropped-in plugin" in r.stdout
+    line = next(x for x in r.stdout.splitlines() if x.startswith("cli-plugin-test"))
+    assert line.split()[1] == "user"  # a plugin is not "reference" until the project has checked it
 
 
-def test_corrupt_cached_checkpoint_is_detected_and_rebuilt(cache_root, tmp_path):
+def test_method_names_are_case_insensitive(cache_root, tmp_path):
+    r = bench("run", "--methods", "GA", "--task", "digits-class", "--profile", "smoke", "--steps", "1", "--out",
+              str(tmp_path), "--quiet", cache=cache_root)
+    assert r.returncode == 0, r.stderr
+    assert {row["method"] for row in csv.DictReader(open(tmp_path / "digits-class" / "runs.csv"))} == {"ga"}
+    r = bench("run", "--methods", "SALNU", "--task", "digits-class", cache=cache_root)
+    assert r.returncode == 2 and "Did you mean salun" in r.stderr
+
+
+@pytest.mark.parametrize("flag", ["--out", "--cache"])
+def test_unusable_paths_fail_before_any_work(flag, cache_root, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    for target, needle in ((a_file, "is a file, not a folder"), (a_file / "sub", "cannot be written")):
+        r = bench("run", "--methods", "ga", "--task", "digits-class", "--profile", "smoke", flag, str(target),
+                  "--quiet", cache=cache_root, cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert needle in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "runs" / "digits-class" / "runs").exists()  # nothing ran
+
+
+def test_a_crashing_method_is_recorded_and_the_others_still_run(cache_root, tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "boom.py").write_text(
+        "from dataclasses import dataclass\nfrom bench.method import Method, register_method\n"
+        "@register_method('boom')\nclass Boom(Method):\n    @dataclass(frozen=True)\n    class Config:\n"
+        "        iters: int = 0\n    def unlearn(self, ctx):\n        raise RuntimeError('kaboom')\n")
+    out = tmp_path / "out"
+    r = bench("run", "--methods", "boom,original", "--task", "digits-class", "--profile", "smoke", "--out", str(out),
+              "--plugins", str(plugins), "--quiet", cache=cache_root)
+    assert r.returncode == 1, r.stderr
+    assert "RuntimeError: kaboom" in r.stderr and "1 complete, 1 failed" in r.stderr
+    t = out / "digits-class"
+    assert [row["method"] for row in csv.DictReader(open(t / "runs.csv"))] == ["original"]
+    failures = list((t / "failures").glob("boom-*.json"))
+    assert len(failures) == 1 and "kaboom" in failures[0].read_text()
+    md = (t / "table.md").read_text()
+    assert "Failures" in md and "kaboom" in md
+
+
+def test_corrupt_cached_checkpoint_is_detected_and_rebuilt(cache_root, assets, tmp_path):
     from bench.assets import _manifest_ok
+    from bench.hashing import content_hash
 
-    cache = tmp_path / "cache"
-    shutil.copytree(cache_root, cache)
-    task = cache / "digits-class"
-    base = next(task.glob("base-*"))
+    # a cache holding just the assets a smoke run uses: the session's base model and classifier
+    base_src = assets.root / f"base-{content_hash(assets.base_key())}"
+    clf_src = assets.root / f"classifier-{content_hash(assets.classifier_meta['key'])}"
+    task = tmp_path / "cache" / "digits-class"
+    base, clf = task / base_src.name, task / clf_src.name
+    shutil.copytree(base_src, base)
+    shutil.copytree(clf_src, clf)
     weights = base / "raw" / "diffusion_pytorch_model.safetensors"
     assert _manifest_ok(base)
     weights.write_bytes(weights.read_bytes()[:-7] + b"garbage")
     assert not _manifest_ok(base)  # a flipped byte in the base model can never be used silently
-    clf = next(task.glob("classifier-*"))
     (clf / "classifier.safetensors").write_bytes(b"not a safetensors file")
     shutil.rmtree(base)  # keep the test fast: rebuild only the (cheap) classifier
-    shutil.copytree(next((cache_root / "digits-class").glob("base-*")), base)
+    shutil.copytree(base_src, base)
     r = bench("run", "--methods", "original", "--task", "digits-class", "--profile", "smoke", "--out",
-              str(tmp_path / "out"), "--quiet", cache=cache)
+              str(tmp_path / "out"), "--quiet", cache=tmp_path / "cache")
     assert r.returncode == 0, r.stderr
     assert "corrupt or incomplete; rebuilding" in r.stderr
     assert _manifest_ok(clf)
