@@ -12,7 +12,7 @@ from methods._masks import clip_norm_
 class FineTune(Method):
     """Continue training on D_r with L_simple (label dropout 0.1), Adam 1e-4, clip 1.0, no EMA.
     Expected to under-forget: it only relies on catastrophic forgetting of the forget class, which a
-    few hundred steps on the other classes do not cause (measured on digits: UA stays 0.0 at fast),
+    few hundred steps on the other classes do not cause (measured on digits at fast, 150 iterations: UA 0.0),
     matching the SalUn project page's "under-forgetting" verdict; the conformance suite's forgetting
     check is marked as an expected failure for it (``expected_failures``)."""
 

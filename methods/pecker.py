@@ -58,7 +58,8 @@ class PECKER(Method):
     and EMA as SFD's presets (see SFD's docstring for the reasoning), with PECKER's own loss weights
     (1.0) and mask defaults. ``fast``: 100 iterations, batch 32, lr 3e-4, EMA 0.95 (~0.33 CPU-s per
     iteration, ~40% more than SFD: the saliency pass and the split backward; ~33 s unloaded). ``smoke``:
-    20 iterations, EMA 0.8. Measured on digits (seeds 0, 1): final UA 1.0, retain acc 0.95, FID
+    20 iterations, EMA 0.8. Calibration runs on digits (seeds 0, 1; with the earlier 800-step
+    constant-rate base model, not the current one): final UA 1.0, retain acc 0.95, FID
     0.35-0.39; probe UA >= 0.9 after 36 iterations vs SFD's 72 with its reference weights 0.01.
     With equal forget weights (1.0), the mask makes forgetting slower than plain SFD (36 vs 24
     iterations), because the forget gradient is halved.

@@ -35,7 +35,8 @@ class RandomLabel(Method):
         pixel-SUM remain loss against an element-MEAN forget loss over CIFAR's 3x32x32 = 3072 pixels;
         on a task with P pixels the same per-element balance is alpha = 1e-3 * 3072 / P (digits:
         0.048). Without it the remain term is 48x weaker on 8x8 digits and SalUn's retained accuracy
-        collapses to ~0.35 (measured). ``--set alpha=...`` still overrides it."""
+        collapses to ~0.35 (measured in calibration, with the earlier 800-step base model).
+        ``--set alpha=...`` still overrides it."""
         pixels = task.channels * task.image_size * task.image_size
         return {"alpha": cls.Config().alpha * REFERENCE_PIXELS / pixels}
 

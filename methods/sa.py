@@ -69,7 +69,8 @@ class SelectiveAmnesia(Method):
       at lr 1e-3 (reference 1e-4), batch 128, and lambda = 0.03 instead of 10. Why lambda: this
       model's Fisher is large (mean ~900 per weight: the per-image gradient is summed over 1000
       timesteps before squaring, and it is dominated by its mean, not by noise; K = 50 and K = 1000
-      agree within 10%), so lambda = 10 pins every weight: measured on forget class 0, 300
+      agree within 10%), so lambda = 10 pins every weight. Calibration runs (with the earlier
+      800-step constant-rate base model): on forget class 0, 300
       iterations at lr 1e-3 left UA at 0.00 and the probe FID unchanged. Measured (seed 0, final
       UA / FID): 200 iterations: lambda 0 -> 1.00 / 0.80, 0.01 -> 0.96 / 0.31, 0.1 -> 0.94 / 0.40;
       150 iterations: 0.03 -> 0.96 / 0.36 (seed 1: 0.99 / 0.37), 0.1 -> 0.89 / 0.37 (seed 1: 0.92).

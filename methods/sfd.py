@@ -37,9 +37,10 @@ class SFD(Method):
       reference forget weights mu_psi = mu_theta = 0.01. The reference 50k iterations at lr 1e-5 would
       take hours on a CPU. 30x the lr moves the one-step generator within tens of iterations. The EMA
       decay is scaled so its horizon (~20 iterations) stays a small fraction of the run. Batch 32 keeps
-      one iteration at ~0.24 CPU-s (single thread), so the 100 iterations take ~24 s unloaded. With
-      these settings the reference weight 0.01 forgets, so it is kept: probe UA >= 0.9 after 72
-      iterations; final UA 1.0, retain acc 0.96-0.97 (the Original's is ~0.97), classifier-feature FID
+      one iteration at ~0.24 CPU-s (single thread), so the 100 iterations take ~24 s unloaded. In
+      calibration runs (with the earlier 800-step constant-rate base model) with these settings the
+      reference weight 0.01 forgets, so it is kept: probe UA >= 0.9 after 72 iterations; final UA 1.0,
+      retain acc 0.96-0.97 (the Original's is ~0.97), classifier-feature FID
       0.21-0.24 (seeds 0, 1). Weights of 0.1 or 1.0 forget after ~24 iterations, and 1.0 costs FID
       (0.31 vs 0.21 at seed 0). Budget, lr, batch and EMA are identical to PECKER's
       fast preset. The loss weights are each method's own (SFD 0.01, PECKER 1.0, as in the papers), so

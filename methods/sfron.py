@@ -67,7 +67,8 @@ class SFRon(Method):
       of the reference, kept).
     * Budget on digits-class: ``fast`` runs 150 iterations (the reference length; SalUn fast also runs
       150, so steps-to-forget compare directly; 300 optimizer steps); ``smoke`` 30 iterations at
-      lr 3e-4 (at lr 1e-4 the forget class survives 20 iterations: UA 0.00-0.06 on seeds 0-2, since
+      lr 3e-4 (calibration with the earlier 800-step base model: at lr 1e-4 the forget class survives
+      20 iterations: UA 0.00-0.06 on seeds 0-2, since
       forgetting sets in only after ~40 iterations; 30 at 3e-4 gave UA 1.0, 1.0, 0.53).
       The cosine decay runs over the budget actually given (``iters``), as the reference.
     """
