@@ -73,8 +73,11 @@ def write_curve(df: pd.DataFrame, folder: Path, title: str, suffix: str = "") ->
         for ax, col in zip(axes, ("retain_acc", "fid")):
             ax.errorbar(agg.index, agg[(col, "mean")], yerr=agg[(col, "std")].fillna(0), fmt=style, capsize=3,
                         label="Original" if method == "original" else "FT from it")
+    lengths = sorted(df["pretrain_steps"].unique())
     for ax, yl in zip(axes, ("retained accuracy ↑", "FID (task-classifier features) ↓")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.minorticks_off()
         ax.set_xlabel("pretraining steps")
         ax.set_ylabel(yl)
         ax.grid(alpha=0.3)

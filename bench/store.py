@@ -86,7 +86,7 @@ def save_grid(images: torch.Tensor, labels: torch.Tensor, path: Path, per_row: i
         axes[r][0].set_ylabel(f"{name}{' (forget)' if c == first else ''}", rotation=0, ha="right", va="center",
                               fontsize=8, color="crimson" if c == first else "black")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout(pad=0.3)
+    fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # keep the title off the top row
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
