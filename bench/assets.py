@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -22,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from bench.data import batch_stream
 from bench.diffusion import Diffusion
 from bench.errors import BenchError
-from bench.hashing import atomic_write_json, content_hash, file_sha256
+from bench.hashing import atomic_write_json, content_hash, file_sha256, make_temp_dir
 from bench.measure import PeakMemory, Stopwatch
 from bench.nets import CondUNet, count_params
 from bench.tasks import Profile, Recipe, Task
@@ -52,29 +51,40 @@ def _manifest_ok(folder: Path) -> bool:
 
 
 def _build(folder: Path, builder, what: str) -> dict:
-    """Build an asset folder atomically: ``builder(tmp_dir) -> meta`` then rename into place."""
+    """Build an asset folder once: ``builder(tmp_dir) -> meta`` then rename into place.
+
+    Builders of the same folder (two runs, the cells of a sweep) serialise on a lock beside the cache
+    (``.locks/<folder>.lock``, see :mod:`bench.running.claims`): the first builds, the others wait and
+    then load what it built. A builder killed midway leaves only a hidden temporary folder, and its
+    lock is dropped by the kernel, so the next one builds the asset properly."""
     import json
 
-    if folder.exists():
-        if _manifest_ok(folder):
-            return json.loads((folder / "manifest.json").read_text())
-        print(f"bench: cached {what} at {folder} is corrupt or incomplete; rebuilding it", file=sys.stderr)
-        shutil.rmtree(folder, ignore_errors=True)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
-        meta = builder(tmp)
-        files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        meta["files"] = {str(p.relative_to(tmp)): file_sha256(p) for p in files}
-        atomic_write_json(tmp / "manifest.json", meta)
+    from bench.running.claims import claim, exclusive, holder
+
+    if _manifest_ok(folder):
+        return json.loads((folder / "manifest.json").read_text())
+    lock = folder.parent / ".locks" / f"{folder.name}.lock"
+    probe = claim(lock)
+    if probe is None:
+        print(f"bench: waiting for the {what} being built by {holder(lock)}", file=sys.stderr, flush=True)
+    else:
+        probe.release()
+    with exclusive(lock):
+        if folder.exists():
+            if _manifest_ok(folder):
+                return json.loads((folder / "manifest.json").read_text())
+            print(f"bench: cached {what} at {folder} is corrupt or incomplete; rebuilding it", file=sys.stderr)
+            shutil.rmtree(folder, ignore_errors=True)
+        tmp = make_temp_dir(folder.parent, folder.name)
         try:
+            meta = builder(tmp)
+            files = sorted(p for p in tmp.rglob("*") if p.is_file())
+            meta["files"] = {str(p.relative_to(tmp)): file_sha256(p) for p in files}
+            atomic_write_json(tmp / "manifest.json", meta)
             os.replace(tmp, folder)
-        except OSError:  # another process finished the same asset first; theirs is as good
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            return _build(folder, builder, what)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            raise
     return meta
 
 

@@ -70,11 +70,8 @@ def _parse_sets(items: list[str], methods: list[str]) -> dict[str, dict]:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-
-    r = sub.add_parser("run", help="run unlearning methods on a task and write tables and plots")
+def _grid_arguments(r: argparse.ArgumentParser) -> None:
+    """The options that define a grid of cells and where it goes (shared by run and sweep)."""
     r.add_argument("--methods", required=True, help="comma-separated method names, or 'all'")
     r.add_argument("--task", required=True, help="task name (see 'list tasks')")
     r.add_argument("--forget-class", type=_parse_ints("--forget-class"), default=None,
@@ -87,7 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", default="fast", help="smoke | fast | paper (budgets and evaluation settings)")
     r.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default: ./{DEFAULT_OUT})")
     r.add_argument("--plugins", action="append", default=[], metavar="DIR", help="extra folder of method plugins")
-    r.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default: cpu)")
     r.add_argument("--steps", type=int, default=None, help="override every method's iteration budget")
     r.add_argument("--set", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
                    help="override a method option, e.g. --set salun.lr=1e-5")
@@ -95,8 +91,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fid-backend", choices=["torch-fidelity", "clean-fid"], default=None,
                    help="FID library (default: the profile's, torch-fidelity)")
     r.add_argument("--cache", default=None, help="asset cache (default: $BENCH_CACHE or ~/.cache/unlearn-bench)")
-    r.add_argument("--no-resume", action="store_true", help="recompute cells that are already complete")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run unlearning methods on a task and write tables and plots")
+    _grid_arguments(r)
+    r.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default: cpu)")
+    r.add_argument("--no-resume", action="store_true", help="recompute cells that are already complete")
+
+    sw = sub.add_parser("sweep", help="run a grid of cells as Ray tasks (local Ray, or a cluster with --address)")
+    _grid_arguments(sw)
+    sw.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device of every cell (default: cpu)")
+    sw.add_argument("--address", default=None,
+                    help="Ray cluster to join: 'auto' or HOST:PORT (default: start a local Ray instance)")
+    sw.add_argument("--gpus-per-cell", type=float, default=None,
+                    help="GPUs reserved per cell (default: 1 with --device cuda, else 0)")
+    sw.add_argument("--cpus-per-cell", type=int, default=1,
+                    help="CPUs reserved per cell, also its PyTorch thread count (default: 1)")
 
     pt = sub.add_parser("pretrain", help="train (or verify) the cached base model and classifier of a task")
     pt.add_argument("--task", required=True)
@@ -191,7 +206,22 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
+def resolve_task(name: str, fid_backend: str | None = None):
+    """The registered task, with ``--fid-backend`` applied to every profile."""
+    from bench.tasks import TASKS, get_task
+
+    if name not in TASKS:
+        raise TASKS.unknown(name)
+    task = get_task(TASKS.canonical(name))
+    if fid_backend:
+        task = dataclasses.replace(task)
+        task.profiles = {k: dataclasses.replace(v, fid_backend=fid_backend) for k, v in task.profiles.items()}
+    return task
+
+
+def plan_grid(args, threads: int | None = None):
+    """Validate a grid's options and every one of its cells before any compute is spent; returns
+    ``(task, out, cache, driver, specs, names)``. User mistakes raise BenchError."""
     import torch
 
     from bench.assets import default_cache_root
@@ -200,13 +230,9 @@ def cmd_run(args) -> int:
     from bench.metric import METRICS
     from bench.paths import ensure_writable_dir
     from bench.plugins import load_all
-    from bench.report import render
-    from bench.tasks import TASKS, get_task
 
     load_all(args.plugins)
-    if args.task not in TASKS:
-        raise TASKS.unknown(args.task)
-    task = get_task(TASKS.canonical(args.task))
+    task = resolve_task(args.task, args.fid_backend)
     task.profile(args.profile)
     methods = METHODS.resolve_list(args.methods)
     if args.methods.strip().lower() == "all":  # reference rows first, so a partial run already has its anchors
@@ -216,32 +242,43 @@ def cmd_run(args) -> int:
     sets = _parse_sets(args.set, methods)
     if args.steps is not None and args.steps < 0:
         raise BenchError(f"--steps must be non-negative, got {args.steps}")
-    if args.fid_backend:
-        task = dataclasses.replace(task)
-        task.profiles = {k: dataclasses.replace(v, fid_backend=args.fid_backend) for k, v in task.profiles.items()}
     out = ensure_writable_dir(Path(args.out), "--out")
     cache = ensure_writable_dir(Path(args.cache) if args.cache else default_cache_root(),
                                 "--cache" if args.cache else "the asset cache ($BENCH_CACHE or ~/.cache/unlearn-bench)")
     if args.device == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
     driver = Driver(out, args.device, cache, progress=not args.quiet, task_override=task)
     specs = [CellSpec(task.name, m, c, s, args.profile, sets[m], args.steps, extra, base_seed=b)
              for b in args.base_seed for c in classes for s in args.seed for m in methods]
-    names = [driver.plan(spec)[2] for spec in specs]  # validate every cell before spending any compute
+    names = [driver.plan(spec)[2] for spec in specs]
+    return task, out, cache, driver, specs, names
+
+
+def cmd_run(args) -> int:
+    task, out, cache, driver, specs, names = plan_grid(args)
     t0 = time.perf_counter()
+    reports = Reports(out / task.name)
     failed: list[str] = []
+    busy: list[tuple] = []
     for k, (spec, name) in enumerate(zip(specs, names), 1):
         print(f"[{k}/{len(specs)}] {spec.method} forget={spec.forget_class} base={spec.base_seed} seed={spec.seed} "
               f"({args.profile})", file=sys.stderr)
-        row = _run_cell(driver, spec, name, out, task.name, not args.no_resume)
-        if row is None:
+        status, row = _run_cell(driver, spec, name, out, task.name, not args.no_resume, wait=False)
+        if status == "busy":
+            busy.append((spec, name))
+        elif status == "failed":
             failed.append(name)
-            continue
-        print(f"    UA {row['ua']:.3f}  retain {row['retain_acc']:.3f}  FID {row['fid']:.2f}  "
-              f"unlearn {row['unlearn_s']:.1f}s  steps {row['grad_steps']}", file=sys.stderr)
-        render(out / task.name, quiet=True)
-    md = render(out / task.name) if (out / task.name / "runs").is_dir() else ""
-    print(md)
+        else:
+            _report_cell(row)
+            reports.update()
+    for spec, name in busy:  # computed by another process: wait for it, then take its row
+        print(f"waiting for {name} (another process is computing it)", file=sys.stderr)
+        status, row = _run_cell(driver, spec, name, out, task.name, not args.no_resume, wait=True)
+        if status == "failed":
+            failed.append(name)
+        else:
+            _report_cell(row)
+    print(reports.finish())
     done = len(specs) - len(failed)
     print(f"bench: {len(specs)} cell(s) in {time.perf_counter() - t0:.1f} s: {done} complete, {len(failed)} failed; "
           f"results in {out / task.name}", file=sys.stderr)
@@ -251,29 +288,73 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _run_cell(driver, spec, name: str, out: Path, task: str, resume: bool):
-    """Run one cell; a method that raises is recorded as failed and the next cell still runs."""
+def _report_cell(row: dict) -> None:
+    print(f"    UA {row['ua']:.3f}  retain {row['retain_acc']:.3f}  FID {row['fid']:.2f}  "
+          f"unlearn {row['unlearn_s']:.1f}s  steps {row['grad_steps']}", file=sys.stderr)
+
+
+class Reports:
+    """The report of a results folder while a run or sweep writes it: after each cell only the text
+    outputs are brought up to date (the cost does not grow with the folder), at the end everything
+    (plots, sample grids, report.html). Concurrent processes on one folder take turns."""
+
+    def __init__(self, tdir: Path) -> None:
+        from bench.reports import Reporter
+
+        self.tdir = tdir
+        self.reporter = Reporter(tdir)
+
+    def _locked(self, fn, **kwargs) -> str:
+        from bench.running.claims import exclusive
+
+        with exclusive(self.tdir / ".render.lock"):
+            return fn(**kwargs)
+
+    def update(self) -> str:
+        return self._locked(self.reporter.update, quiet=True)
+
+    def finish(self) -> str:
+        try:
+            return self._locked(self.reporter.finish)
+        except BenchError:  # nothing finished and nothing failed: no report to write
+            return ""
+
+
+def _run_cell(driver, spec, name: str, out: Path, task: str, resume: bool, wait: bool) -> tuple[str, dict | None]:
+    """Run one cell through its claim: ``("done", row)``, ``("failed", None)`` (a method that raises is
+    recorded under failures/ and the next cell still runs) or ``("busy", None)`` (another process is
+    computing it; with ``wait``, block for it instead)."""
     import traceback
 
+    from bench.running.cells import CellBusy, run_cell
     from bench.store import clear_failure, write_failure
 
     try:
-        row = driver.run(spec, resume=resume)
+        row = run_cell(driver, spec, resume=resume, wait=wait)
     except KeyboardInterrupt:
         raise
+    except CellBusy as exc:
+        print(f"    busy: {exc}; will wait for it at the end", file=sys.stderr)
+        return "busy", None
     except Exception as exc:  # noqa: BLE001 - a method's bug must not stop the other methods
         print(f"    FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         write_failure(out, task, name, {
             "cell": name, "method": spec.method, "forget_class": spec.forget_class, "seed": spec.seed,
             "base_seed": spec.base_seed, "profile": spec.profile, "error": f"{type(exc).__name__}: {exc}",
             "traceback": traceback.format_exc(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        return None
+        return "failed", None
     clear_failure(out, task, name)
-    return row
+    return "done", row
+
+
+def cmd_sweep(args) -> int:
+    from bench.running.sweep import run_sweep
+
+    return run_sweep(args)
 
 
 def cmd_table(args) -> int:
-    from bench.report import render
+    from bench.reports import render
 
     d = Path(args.dir)
     if not d.is_dir():
@@ -292,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TQDM_DISABLE"] = "1"  # read by tqdm at import: silences pretraining bars too
     try:
         _quiet_libraries()
-        return {"run": cmd_run, "list": cmd_list, "table": cmd_table, "pretrain": cmd_pretrain}[args.command](args)
+        return {"run": cmd_run, "sweep": cmd_sweep, "list": cmd_list, "table": cmd_table,
+                "pretrain": cmd_pretrain}[args.command](args)
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2

@@ -16,9 +16,13 @@ from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
-#: files under bench/ whose changes cannot change a cell's numbers
-PRESENTATION = {"__init__.py", "__main__.py", "cli.py", "report.py", "plots.py", "store.py", "envinfo.py",
-                "codever.py", "errors.py", "plugins.py", "registry.py", "paths.py", "calibrate.py"}
+#: top-level files of bench/ whose changes cannot change a cell's numbers: presentation, storage and
+#: provenance. Keep numerics out of these modules.
+PRESENTATION = {"__init__.py", "__main__.py", "cli.py", "store.py", "envinfo.py", "codever.py", "errors.py",
+                "plugins.py", "registry.py", "paths.py", "calibrate.py"}
+#: subpackages of bench/ left out whole: tables, plots and the page (reports/), and orchestration that
+#: only decides where and when a cell runs (running/: claims, locks, the Ray sweep)
+PRESENTATION_PACKAGES = {"reports", "running"}
 
 
 def _digest(paths: list[Path], root: Path) -> str:
@@ -33,8 +37,11 @@ def _digest(paths: list[Path], root: Path) -> str:
 
 @functools.lru_cache(maxsize=1)
 def harness_version() -> str:
-    """Hash of ``bench/**/*.py`` (but the presentation modules) and ``metrics/*.py``."""
-    files = [p for p in (ROOT / "bench").rglob("*.py") if p.name not in PRESENTATION or p.parent.name != "bench"]
+    """Hash of ``bench/**/*.py`` (but the presentation modules and subpackages) and ``metrics/*.py``."""
+    bench = ROOT / "bench"
+    files = [p for p in bench.rglob("*.py")
+             if not (p.parent == bench and p.name in PRESENTATION)
+             and p.relative_to(bench).parts[0] not in PRESENTATION_PACKAGES]
     files += list((ROOT / "metrics").glob("*.py"))
     return _digest(files, ROOT)
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def canonical(obj: Any) -> Any:
@@ -36,19 +38,54 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_temp_dir(parent: Path, name: str) -> Path:
+    """A hidden temporary folder ``parent/.name.*`` to build in and rename into place, with the
+    permissions of a normal ``mkdir`` (``mkdtemp`` makes it 0700)."""
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}."))
+    tmp.chmod(0o777 & ~_umask())
+    return tmp
+
+
+def make_temp_file(parent: Path, name: str, suffix: str = ".tmp") -> Path:
+    """A hidden, empty temporary file ``parent/.name.*suffix`` with a normal file's permissions."""
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{name}.", suffix=suffix)
+    os.fchmod(fd, 0o666 & ~_umask())
+    os.close(fd)
+    return Path(tmp)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "w") -> Iterator[IO]:
+    """Write ``path`` through a temporary file in its folder, fsync it and ``os.replace`` it into place:
+    a reader, or a run after a crash, sees the old file or the new one, never half of one. The file
+    gets the permissions of a normal ``open`` (``mkstemp`` makes them 0600), so results and caches on
+    a shared file system stay readable by the other users and machines."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_file(path) as f:
+        f.write(text)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -12,13 +12,12 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.hashing import atomic_write_json, atomic_write_text
+from bench.hashing import atomic_file, atomic_write_json, atomic_write_text, make_temp_dir, make_temp_file
 
 ROW_FILE = "row.json"
 
@@ -87,18 +86,22 @@ def save_grid(images: torch.Tensor, labels: torch.Tensor, path: Path, per_row: i
                               fontsize=8, color="crimson" if c == first else "black")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # keep the title off the top row
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    tmp = make_temp_file(Path(path).parent, Path(path).name, ".tmp.png")
+    try:
+        fig.savefig(tmp, dpi=100, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
 
 
 def write_cell(folder: Path, row: dict[str, Any], config: dict[str, Any], curve: list[dict], logs: list[dict],
                images: torch.Tensor, labels: torch.Tensor, title: str = "",
                class_names: list[str] | None = None) -> None:
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    tmp = make_temp_dir(folder.parent, folder.name)
     try:
         atomic_write_json(tmp / "config.json", config)
         atomic_write_text(tmp / "curve.csv", _csv_text(curve))
@@ -106,12 +109,25 @@ def write_cell(folder: Path, row: dict[str, Any], config: dict[str, Any], curve:
         save_grid(images, labels, tmp / "samples.png", title=title, first=row.get("forget_class"),
                   class_names=class_names)
         atomic_write_json(tmp / ROW_FILE, row)
-        if folder.exists():  # an incomplete leftover of a killed run: replace it
-            shutil.rmtree(folder)
+        old = None
+        if folder.exists():  # a leftover, or the cell being recomputed: move it aside atomically first
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, old)
         os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Delete the hidden temporary folders a killed writer of this cell left beside it (call only while
+    holding the cell's claim: nobody else can be writing them)."""
+    folder = Path(folder)
+    if folder.parent.is_dir():
+        for p in folder.parent.glob(f".{folder.name}.*"):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def collect_rows(out: Path, task: str) -> list[dict[str, Any]]:
@@ -154,3 +170,46 @@ def collect_failures(out: Path, task: str) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue
     return rows
+
+
+# --- incremental readers and atomic copies (used by ``bench.reports.Reporter``) ----------------------
+def scan_cells(out: Path, task: str) -> dict[str, int]:
+    """Cell folder name -> inode, from one directory listing of ``runs/`` (no ``stat``, no file reads).
+
+    Hidden temporary folders of cells being written are left out. A cell rewritten in place (``--no-resume``)
+    gets a new folder, hence a new inode: ``write_cell`` renames a fresh temporary folder over it."""
+    runs = task_dir(out, task) / "runs"
+    try:
+        with os.scandir(runs) as it:
+            return {e.name: e.inode() for e in it if not e.name.startswith(".") and e.is_dir()}
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+
+
+def scan_failures(out: Path, task: str) -> dict[str, int]:
+    """Failure record file name -> inode (records are written atomically: a rewrite gets a new inode)."""
+    folder = task_dir(out, task) / "failures"
+    try:
+        with os.scandir(folder) as it:
+            return {e.name: e.inode() for e in it if e.name.endswith(".json") and not e.name.startswith(".")}
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+
+
+def load_failure(out: Path, task: str, file_name: str) -> dict[str, Any] | None:
+    try:
+        return json.loads((task_dir(out, task) / "failures" / file_name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_rows_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """``runs.csv`` from rows already in memory (same columns and order as ``write_runs_csv``)."""
+    atomic_write_text(Path(path), _csv_text(rows))
+    return Path(path)
+
+
+def atomic_copy_file(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` atomically (see :func:`bench.hashing.atomic_file`)."""
+    with atomic_file(dst, "wb") as f, open(src, "rb") as s:
+        shutil.copyfileobj(s, f)

@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,14 +13,19 @@ import torch
 from bench.driver import time_to_target
 from bench.errors import BenchError
 from bench.hashing import content_hash
-from bench.plots import plot_curves
-from bench.report import (
+from bench.reports import (
+    Reporter,
     aggregate,
+    by_class_table,
     code_warnings,
     group_labels,
+    interval,
+    intervals_table,
+    plot_curves,
     render,
     sanity_warnings,
     spread_table,
+    t_quantile,
     to_latex,
     to_markdown,
 )
@@ -256,7 +264,8 @@ def test_render_writes_the_spread_table_caption_and_summary(tmp_path):
     assert "Where the spread comes from" in md and "| **salun** | 3 | 3 | 0.120 / 0.056 |" in md
     assert "base models (base seeds) [0, 1, 2], unlearning seeds [0, 1, 2]" in md
     tex = (tmp_path / TASK / "table.tex").read_text()
-    assert tex.count(r"\begin{tabular}") == 2 and "0.120 / 0.056" in tex
+    # main table, 95% intervals (salun has 6 cells), where the spread comes from
+    assert tex.count(r"\begin{tabular}") == 3 and "0.120 / 0.056" in tex
     spread = json.loads((tmp_path / TASK / "summary.json").read_text())["fast"]["salun"]["spread"]
     assert spread["ua"]["sd_over_base_models"] == pytest.approx(0.12014, abs=1e-4)
     assert spread["ua"]["sd_over_unlearning_seeds"] == pytest.approx(math.sqrt(0.0031), abs=1e-6)
@@ -354,3 +363,235 @@ def test_fid_panel_is_log_scale_with_hollow_floor_markers_and_ua_uses_refine_poi
     assert list(hollow[0].get_ydata()) == [0.01, 0.01]
     fid_line = max(fid_ax.get_lines(), key=lambda ln: len(ln.get_xdata()))
     assert list(fid_line.get_xdata()) == [0.0, 0.5, 1.0, 1.5, 2.0]  # probes only, refine points have no FID
+
+
+# --- 95% intervals, per forget class, machine-readable tables ---------------------------------------------
+def test_interval_matches_a_hand_computation():
+    # 1, 2, 3: mean 2, sd 1, t_{0.975, 2} = 4.3027 -> 2 ± 4.3027 / sqrt(3) = 2 ± 2.4841
+    st = interval([1.0, 2.0, 3.0])
+    assert st["mean"] == 2.0 and st["sd"] == 1.0 and st["n"] == 3
+    assert t_quantile(2) == pytest.approx(4.3027, abs=1e-4)
+    assert st["ci95_lo"] == pytest.approx(-0.4841, abs=1e-4) and st["ci95_hi"] == pytest.approx(4.4841, abs=1e-4)
+    # missing values ("nan" as row.json stores it, None, NaN) are left out; fewer than 3 values: no interval
+    two = interval([1.0, "nan", None, math.nan, 3.0])
+    assert two["n"] == 2 and two["mean"] == 2.0 and math.isnan(two["ci95_lo"]) and math.isnan(two["ci95_hi"])
+    assert interval([5.0])["n"] == 1 and math.isnan(interval([5.0])["sd"])
+    assert interval([])["n"] == 0 and math.isnan(interval([])["mean"])
+
+
+def _write_rows(tmp_path, rows):
+    for r in rows:
+        d = tmp_path / TASK / "runs" / r["cell"]
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "row.json").write_text(json.dumps(r))
+
+
+def test_intervals_table_csv_and_summary(tmp_path):
+    # salun UA 0.8, 0.9, 1.0: mean 0.9, sd 0.1, half width 4.3027 * 0.1 / sqrt(3) = 0.2484
+    # time to target 2, 4, never: n = 2 -> no interval; ga has 2 cells -> no interval at all
+    rows = [_new_row("salun", 0, s, ua, time_to_target_s=t, fid=f, time_to_target_steps=10 * (s + 1))
+            for s, ua, t, f in ((0, 0.8, 2.0, 1.0), (1, 0.9, 4.0, 2.0), (2, 1.0, math.nan, 3.0))]
+    rows += [_new_row("ga", 0, s, 1.0, cfg={"iters": 1}) for s in range(2)]
+    table = intervals_table(pd.DataFrame(rows))
+    salun, ga = _by_label(table, "salun"), _by_label(table, "ga")
+    assert salun[_col(table, "UA")] == "[0.652, 1.148]"
+    assert salun[_col(table, "FID")] == "[-0.48, 4.48]"  # 1, 2, 3: the hand example
+    assert salun[_col(table, "time to UA")] == "–"  # 2 values
+    assert salun[_col(table, "steps to UA")] == "[-5, 45]"  # 10, 20, 30: 20 ± 4.3027 * 10 / sqrt(3)
+    assert ga[_col(table, "UA")] == "–"
+    _write_rows(tmp_path, rows)
+    md = render(tmp_path / TASK, quiet=True)
+    assert "### 95% intervals" in md and "| **salun** | 3 | [0.652, 1.148] |" in md
+    st = pd.read_csv(tmp_path / TASK / "table.csv")
+    s = st[st["label"] == "salun"].iloc[0]
+    assert s["profile"] == "fast" and s["cells"] == 3 and s["ua_n"] == 3
+    assert s["ua_mean"] == pytest.approx(0.9) and s["ua_sd"] == pytest.approx(0.1)
+    assert s["ua_ci95_lo"] == pytest.approx(0.9 - 0.24841, abs=1e-5)
+    assert s["ua_ci95_hi"] == pytest.approx(0.9 + 0.24841, abs=1e-5)
+    assert s["time_to_target_s_n"] == 2 and math.isnan(s["time_to_target_s_ci95_lo"])
+    for col in ("ua", "retain_acc", "fid", "kid", "unlearn_s", "grad_steps", "peak_mem_unlearn_mb",
+                "time_to_target_steps"):
+        assert {f"{col}_{k}" for k in ("mean", "sd", "n", "ci95_lo", "ci95_hi")} <= set(st.columns), col
+    assert {"config_hash", "harness_code", "method_code", "reference", "method"} <= set(st.columns)
+    summary = json.loads((tmp_path / TASK / "summary.json").read_text())["fast"]
+    assert summary["salun"]["ci95"]["fid"] == pytest.approx([2 - 2.48414, 2 + 2.48414], abs=1e-4)
+    assert summary["ga"]["ci95"]["ua"] is None and summary["salun"]["n"]["time_to_target_s"] == 2
+    tex = (tmp_path / TASK / "table.tex").read_text()
+    assert "95\\% intervals" in tex and "{[}0.652, 1.148{]}" in tex
+
+
+def test_an_interval_over_some_of_the_cells_says_how_many():
+    # time to target 2, 3, 4 and never: the interval is over 3 of the 4 cells, 3 ± 4.3027 / sqrt(3) = 3 ± 2.48
+    rows = [_new_row("ga", 0, s, 1.0, time_to_target_s=t) for s, t in enumerate((2.0, 3.0, 4.0, math.nan))]
+    table = intervals_table(pd.DataFrame(rows))
+    assert table.iloc[0][_col(table, "time to UA")] == "[0.5, 5.5] (3/4)"
+
+
+def test_no_intervals_table_when_no_row_has_three_values(tmp_path):
+    _write_rows(tmp_path, [_new_row("ga", 0, s, 1.0) for s in range(2)])
+    md = render(tmp_path / TASK, quiet=True)
+    assert "95% intervals" not in md.replace("(95% intervals: Student t", "")
+
+
+def test_per_forget_class_table_with_two_classes(tmp_path):
+    # ga: class 0 UA 1.0, 0.8 (mean 0.9), FID 0.5, 0.7 (0.6); class 3 UA 0.6 (one cell), FID 2.0
+    rows = [_new_row("ga", 0, 0, 1.0, fid=0.5, forget_class=0), _new_row("ga", 0, 1, 0.8, fid=0.7, forget_class=0),
+            _new_row("ga", 0, 0, 0.6, fid=2.0, forget_class=3),
+            _new_row("original", 0, 0, 0.0, ref=True, cfg={"iters": 0}, fid=0.2, forget_class=0)]
+    for r in rows:
+        r["cell"] = r["cell"].replace("-f0-", f"-f{r['forget_class']}-")
+    table = by_class_table(pd.DataFrame(rows))
+    assert list(table.columns) == ["method", "reference", "cells", "class 0", "class 3"]
+    assert _by_label(table, "ga")["class 0"] == "0.900 / 0.60" and _by_label(table, "ga")["class 3"] == "0.600 / 2.00"
+    assert _by_label(table, "original")["class 3"] == "–"
+    _write_rows(tmp_path, rows)
+    md = render(tmp_path / TASK, quiet=True)
+    assert "### Per forget class" in md and "| **ga** | 3 | 0.900 / 0.60 | 0.600 / 2.00 |" in md
+    assert "| *original* | 1 | 0.000 / 0.20 | – |" in md
+    tex = (tmp_path / TASK / "table.tex").read_text()
+    assert "Per forget class" in tex and "0.900 / 0.60 & 0.600 / 2.00" in tex
+    bc = pd.read_csv(tmp_path / TASK / "table_by_class.csv")
+    g3 = bc[(bc["label"] == "ga") & (bc["forget_class"] == 3)].iloc[0]
+    assert g3["cells"] == 1 and g3["ua_mean"] == pytest.approx(0.6) and g3["ua_n"] == 1
+    summary = json.loads((tmp_path / TASK / "summary.json").read_text())["fast"]["ga"]["by_forget_class"]
+    assert summary["0"] == {"cells": 2, "ua": pytest.approx(0.9), "fid": pytest.approx(0.6)}
+    # one forget class: no per-class table
+    one = tmp_path / "one"
+    _write_rows(one, rows[:2])
+    assert "Per forget class" not in render(one / TASK, quiet=True)
+
+
+def test_caption_has_the_evaluation_settings_and_the_data_variant():
+    rows = [_new_row("ga", 0, 0, 1.0, dataset_variant="sklearn-digits-8x8", n_per_class=100),
+            _new_row("sfd", 0, 0, 1.0, cfg={"iters": 2}, sampler="one-step", sampler_steps=1, guidance_w=0.0)]
+    md_caption = _caption_of(rows)
+    for needle in ("data sklearn-digits-8x8", "Sampling: ddim, 25 steps, guidance w=0.5 (except sfd: one-step, "
+                   "1 step, guidance w=0.0)", "UA from 100 forget-class samples", "retain acc from 100 samples per "
+                   "remaining class", "FID on task-classifier features (torch-fidelity), 900 generated vs 1295 real",
+                   "times on cpu test"):
+        assert needle in md_caption, needle
+
+
+def _caption_of(rows):
+    from bench.reports.captions import _caption
+
+    return _caption(TASK, "fast", pd.DataFrame(rows))
+
+
+# --- long-form storage ---------------------------------------------------------------------------------------
+def test_metrics_long_has_one_row_per_cell_and_metric_with_directions_and_settings(tmp_path):
+    rows = [_new_row("salun", 0, 0, 0.9, time_to_target_s=2.0, acc_f=0.1, entropy_f=0.3, relearn_steps=40,
+                     dataset_variant="sklearn-digits-8x8"),
+            _new_row("ft", 1, 2, 0.1, cfg={"iters": 3}, time_to_target_s="nan", dataset_variant="sklearn-digits-8x8")]
+    _write_rows(tmp_path, rows)
+    render(tmp_path / TASK, quiet=True)
+    long = pd.read_csv(tmp_path / TASK / "metrics_long.csv", keep_default_na=False)
+    assert list(long.columns[:13]) == ["cell", "task", "method", "forget_class", "base_seed", "seed", "profile",
+                                       "config_hash", "harness_code", "method_code", "metric", "value", "direction"]
+    for col in ("fid_backend", "fid_features", "fid_n_gen", "fid_n_ref", "n_ua", "sampler", "sampler_steps",
+                "guidance_w", "dataset_variant", "device"):
+        assert col in long.columns, col
+    assert not long.duplicated(["cell", "metric"]).any()
+
+    def one(cell, metric):
+        r = long[(long["cell"] == cell) & (long["metric"] == metric)]
+        assert len(r) == 1, (cell, metric)
+        return r.iloc[0]
+
+    salun, ft = rows[0]["cell"], rows[1]["cell"]
+    assert one(salun, "ua")["direction"] == "higher" and float(one(salun, "ua")["value"]) == 0.9
+    assert one(salun, "fid")["direction"] == "lower" and one(salun, "acc_f")["direction"] == "lower"
+    assert one(salun, "entropy_f")["direction"] == "none" and one(salun, "relearn_steps")["direction"] == "none"
+    for cost in ("unlearn_s", "grad_steps", "backward_passes", "nfe", "peak_mem_unlearn_mb", "time_to_target_s"):
+        assert one(salun, cost)["direction"] == "lower", cost
+    assert one(ft, "time_to_target_s")["value"] == ""  # recorded as missing (never reached): kept, empty
+    assert len(long[(long["cell"] == ft) & (long["metric"] == "relearn_steps")]) == 0  # not measured: absent
+    r = one(ft, "retain_acc")
+    assert (r["method"], r["base_seed"], r["seed"], r["forget_class"], r["profile"]) == ("ft", 1, 2, 0, "fast")
+    assert (r["fid_backend"], r["fid_features"], r["fid_n_gen"], r["sampler"], r["sampler_steps"]) == (
+        "torch-fidelity", "task-classifier", 900, "ddim", 25)
+    assert r["dataset_variant"] == "sklearn-digits-8x8" and r["device"] == "cpu test"
+    assert r["config_hash"] == rows[1]["config_hash"] and r["method_code"] == rows[1]["method_code"]
+    # rebuilding a table from it needs no new runs: mean UA per method
+    ua = long[long["metric"] == "ua"].assign(v=lambda d: d["value"].astype(float)).groupby("method")["v"].mean()
+    assert ua.to_dict() == {"ft": pytest.approx(0.1), "salun": pytest.approx(0.9)}
+
+
+# --- the incremental reporter ----------------------------------------------------------------------------------
+def test_reporter_update_reads_only_new_cells(monkeypatch, tmp_path):
+    import bench.store
+
+    reads = []
+    real = bench.store.load_row
+    monkeypatch.setattr(bench.store, "load_row", lambda folder: reads.append(folder.name) or real(folder))
+    t = tmp_path / TASK
+    rep = Reporter(t)
+    assert rep.update() == "" and not t.exists()  # nothing yet: nothing written
+    rows = [_new_row("ga", 0, s, 1.0) for s in range(3)]
+    _write_rows(tmp_path, rows)
+    md = rep.update()
+    assert sorted(reads) == sorted(r["cell"] for r in rows) and "| **ga** | 3 |" in md
+    for name in ("runs.csv", "metrics_long.csv", "table.md", "table.tex", "table.csv", "summary.json"):
+        assert (t / name).is_file(), name
+    assert not (t / "report.html").exists() and not (t / "curves.png").exists()  # update: text only
+    reads.clear()
+    assert rep.update() == md and reads == []  # nothing new: nothing read
+    late = _new_row("ga", 0, 3, 0.5)
+    _write_rows(tmp_path, [late])
+    md = rep.update()
+    assert reads == [late["cell"]] and "| **ga** | 4 |" in md
+    assert len(pd.read_csv(t / "runs.csv")) == 4
+    # a cell rewritten in place (--no-resume: a new folder renamed over the old one) is read again
+    reads.clear()
+    old = t / "runs" / late["cell"]
+    tmp = t / "runs" / f".{late['cell']}.tmp"
+    tmp.mkdir()
+    (tmp / "row.json").write_text(json.dumps(dict(late, ua=1.0)))
+    shutil.rmtree(old)
+    os.replace(tmp, old)
+    md = rep.update()
+    assert reads == [late["cell"]] and "| **ga** | 4 | 1.000 ± 0.000 |" in md
+    # a removed cell disappears from the tables; the same text as a full render
+    shutil.rmtree(t / "runs" / rows[0]["cell"])
+    md = rep.update()
+    assert "| **ga** | 3 |" in md
+    assert md == render(t, quiet=True)
+
+
+def test_reporter_matches_render_and_finish_writes_everything(tmp_path):
+    t = tmp_path / TASK
+    rep = Reporter(t)
+    rows = _spread_rows()
+    for r in rows[:4]:
+        _write(tmp_path, r, _curve([0.5, 0.4], [0.0, 1.0]))
+    rep.update()
+    for r in rows[4:]:
+        _write(tmp_path, r, _curve([0.5, 0.4], [0.0, 1.0]))
+    md = rep.update()
+    texts = {n: (t / n).read_text() for n in ("runs.csv", "metrics_long.csv", "table.md", "table.tex", "table.csv",
+                                              "table_spread.csv", "summary.json")}
+    assert md == rep.finish(quiet=True)
+    for name in ("report.html", "curves.png", "quality_forgetting.png", "samples/salun.png", "samples/ft.png"):
+        assert (t / name).is_file(), name
+    render(t, quiet=True)  # the full render from scratch writes the same text outputs
+    for name, text in texts.items():
+        assert (t / name).read_text() == text, name
+
+
+def test_every_report_file_is_written_through_a_temporary_and_os_replace(monkeypatch, tmp_path):
+    import os as _os
+
+    replaced = []
+    real = _os.replace
+    monkeypatch.setattr(_os, "replace", lambda src, dst: replaced.append(Path(dst).relative_to(tmp_path / TASK))
+                        or real(src, dst))
+    _write(tmp_path, _new_row("ga", 0, 0, 1.0), _curve([0.5, 80.0], [0.0, 1.0]))
+    _write(tmp_path, _new_row("salun", 0, 0, 1.0), _curve([0.4, 0.2], [0.0, 1.0]))
+    replaced.clear()
+    render(tmp_path / TASK, overlays=(("ga", "salun"),), quiet=True)
+    t = tmp_path / TASK
+    written = {p.relative_to(t) for p in t.rglob("*") if p.is_file() and "runs" not in p.parts}
+    assert written == set(replaced)  # every output file arrived by os.replace
+    assert {Path(n) for n in ("curves.png", "overlay_ga_salun.png", "quality_forgetting.png", "samples/ga.png",
+                              "report.html", "table.md", "runs.csv", "metrics_long.csv")} <= written
+    assert not [p for p in t.rglob(".*")]  # no temporary file left behind

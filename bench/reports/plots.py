@@ -8,14 +8,34 @@ whether a point is a scheduled probe (UA and FID) or a bisection probe of the ti
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from bench.hashing import make_temp_file
+
 #: FID values at or below this are drawn at it (FID can be ~0, or slightly negative numerically)
 FID_FLOOR = 1e-2
 X_AXES = (("unlearn_s", "unlearning wall-clock (s, probes excluded)"), ("grad_steps", "optimizer steps"))
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """Save ``fig`` as a PNG atomically: into a temporary file in the same folder, then ``os.replace``;
+    closes the figure either way."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = make_temp_file(path.parent, path.name, ".tmp.png")
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
 
 
 def _prepared(curves: pd.DataFrame) -> pd.DataFrame:
@@ -35,12 +55,22 @@ def _prepared(curves: pd.DataFrame) -> pd.DataFrame:
     return c
 
 
+def _colors(order: list[str]):
+    """label -> colour, by position in ``order`` (the same table order gives the same colours in every plot)."""
+    import matplotlib.pyplot as plt
+
+    palette = list(plt.get_cmap("tab10").colors)
+    if len(order) > 10:  # distinct hues first (tab20's pairs of light and dark shades read as one colour)
+        palette += list(plt.get_cmap("Dark2").colors) + list(plt.get_cmap("tab20b").colors)
+    return {label: palette[k % len(palette)] for k, label in enumerate(order)}
+
+
 def plot_curves(curves: pd.DataFrame, path: Path, methods: list[str] | None = None, title: str = "",
-                target: float | None = None, fid_floor: float = FID_FLOOR) -> None:
+                target: float | None = None, fid_floor: float = FID_FLOOR, labels: list[str] | None = None) -> None:
     """Four panels: UA (scheduled and bisection probes on one line per cell, sorted by iteration) and
     probe FID (scheduled probes only, log scale, values ≤ ``fid_floor`` drawn hollow at the floor)
     against unlearning seconds and optimizer steps. ``methods`` selects by method name (every row
-    label of those methods is drawn)."""
+    label of those methods is drawn); ``labels`` (all row labels in table order) fixes the colours."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,11 +80,13 @@ def plot_curves(curves: pd.DataFrame, path: Path, methods: list[str] | None = No
     if methods is not None:
         c = c[c["method"].isin(methods)]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex="col")
-    labels = list(dict.fromkeys(c["label"]))
-    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    present = list(dict.fromkeys(c["label"]))
+    order = [lb for lb in labels if lb in set(present)] if labels else present
+    colors = _colors(list(labels) + [lb for lb in present if lb not in set(labels)] if labels else present)
+    labels = order + [lb for lb in present if lb not in set(order)]
     any_fid = False
-    for k, label in enumerate(labels):
-        color = cmap(k % cmap.N)
+    for label in labels:
+        color = colors[label]
         cells = c[c["label"] == label].groupby(["base_seed", "seed", "forget_class"], sort=True)
         for n, (_, g) in enumerate(cells):
             g = g.sort_values(["iter", "unlearn_s"], kind="stable")
@@ -92,5 +124,50 @@ def plot_curves(curves: pd.DataFrame, path: Path, methods: list[str] | None = No
         axes[0][0].legend(fontsize=8, ncol=2)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
+
+
+def plot_quality_forgetting(points: pd.DataFrame, path: Path, labels: list[str] | None = None, title: str = "",
+                            target: float | None = None, fid_floor: float = FID_FLOOR) -> None:
+    """Quality against forgetting: FID (log scale, lower is better) against UA (higher is better), one
+    point per cell, one colour per table row (``label``; reference rows drawn as squares). ``points``
+    has columns ``label``, ``ua``, ``fid`` and optionally ``reference``; ``labels`` fixes the colour
+    order (the table's row order). FID values ≤ ``fid_floor`` are drawn hollow at the floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = points.copy()
+    for col in ("ua", "fid"):
+        p[col] = pd.to_numeric(p[col], errors="coerce") if col in p else np.nan
+    p = p[np.isfinite(p["ua"]) & np.isfinite(p["fid"])]
+    ref = p["reference"].astype(bool) if "reference" in p else pd.Series(False, index=p.index)
+    present = list(dict.fromkeys(p["label"]))
+    full = list(labels) + [lb for lb in present if lb not in set(labels)] if labels else present
+    colors = _colors(full)
+    order = [lb for lb in full if lb in set(present)]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for label in order:
+        g = p[p["label"] == label]
+        y = g["fid"].clip(lower=fid_floor)
+        low = (g["fid"] <= fid_floor).to_numpy()
+        marker = "s" if bool(ref[g.index].all()) else "o"
+        color = colors[label]
+        ax.scatter(g["ua"][~low], y[~low], s=42, marker=marker, color=color, alpha=0.85, edgecolors="white",
+                   linewidths=0.5, label=label)
+        if low.any():
+            ax.scatter(g["ua"][low], y[low], s=46, marker=marker, facecolors="none", edgecolors=color,
+                       label=None if (~low).any() else label)
+    if len(p):
+        ax.set_yscale("log")
+    if target is not None:
+        ax.axvline(target, color="grey", ls="--", lw=1)
+    ax.set_xlabel("UA ↑ (forgetting)")
+    ax.set_ylabel(f"FID ↓ (quality on the remaining classes, log; hollow: ≤ {fid_floor:g})", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    if order:
+        ax.legend(fontsize=8, ncol=2 if len(order) > 6 else 1, loc="best")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)

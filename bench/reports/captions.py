@@ -1,0 +1,96 @@
+"""The prose around a profile's tables: the caption (data, seeds, sampling, how each metric was measured), the
+note on non-default settings and the explanations printed under the intervals, spread and per-class tables.
+
+One place for both the Markdown/LaTeX output (``views``) and the HTML page (``html``), so they say the same.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from bench.reports.format import _md_cell, _missing, _num, _parse_json, _short_value, _strs
+from bench.reports.groups import _label_order, _prepare
+
+SPREAD_EXPLAIN = ("each entry is sd over base models / sd over unlearning seeds: the sample sd (ddof=1) of the "
+                  "per-base-model means, and the root mean of the within-base-model sample variances over "
+                  "unlearning seeds (base models with ≥ 2 seeds; pooled over forget classes); – where not computable")
+INTERVALS_EXPLAIN = ("95% confidence intervals of the mean, mean ± t_{0.975, n−1}·sd/√n (Student t, sample sd, n "
+                     "= the row's cells with a value; not clipped to a metric's range); – with fewer than 3 values, "
+                     "(k/n) when only k of n cells have the value")
+BY_CLASS_EXPLAIN = ("each entry is UA ↑ / FID ↓, the means over the row's cells (base models × unlearning seeds) "
+                    "with that forget class; – where there are none")
+
+
+def _uniq(df: pd.DataFrame, key: str, fmt: str = "{}") -> str:
+    """The distinct values of ``key`` over ``df`` ('?' if none), formatted, joined with ' / '."""
+    if key not in df:
+        return "?"
+    vals = []
+    for v in df[key]:
+        if _missing(v):
+            continue
+        if fmt == "{:d}":
+            f = _num(v)
+            v = "?" if math.isnan(f) else int(f)
+        s = fmt.format(v) if v != "?" else "?"
+        if s not in vals:
+            vals.append(s)
+    return " / ".join(vals) or "?"
+
+
+def _sampler_one(r: pd.Series) -> str:
+    steps = _num(r.get("sampler_steps"))
+    s = "?" if math.isnan(steps) else int(steps)
+    return f"{r.get('sampler', '?')}, {s} step{'s' * (s != 1)}, guidance w={r.get('guidance_w', '?')}"
+
+
+def _sampler_text(df: pd.DataFrame) -> str:
+    """The sampling settings of a profile's rows: the most common one, then the rows that differ."""
+    if not {"sampler", "sampler_steps", "guidance_w"} <= set(df.columns):
+        return "?"
+    per_label = {label: _sampler_one(df[df["label"] == label].iloc[0]) for label in _label_order(df)}
+    counts: dict[str, int] = {}
+    for s in per_label.values():
+        counts[s] = counts.get(s, 0) + 1
+    main = max(counts, key=lambda s: (counts[s], -list(counts).index(s)))
+    others: dict[str, list[str]] = {}
+    for label, s in per_label.items():
+        if s != main:
+            others.setdefault(s, []).append(label)
+    tail = "; ".join(f"{', '.join(labels)}: {s}" for s, labels in others.items())
+    return main + (f" (except {tail})" if tail else "")
+
+
+def _caption(task: str, profile: str, df: pd.DataFrame) -> str:
+    df = _prepare(df)
+
+    def values(col: str) -> list:
+        return sorted(int(v) for v in df[col].unique())
+
+    return (f"{task}, profile {profile}, data {_uniq(df, 'dataset_variant')}: forget class(es) "
+            f"{values('forget_class')}, base models (base seeds) {values('base_seed')}, unlearning seeds "
+            f"{values('seed')}; mean ± sample sd over a row's cells (95% intervals: Student t, rows with ≥ 3 "
+            f"values). Sampling: {_sampler_text(df)}. UA from {_uniq(df, 'n_ua', '{:d}')} forget-class samples "
+            f"scored by the task classifier (test acc {_uniq(df, 'classifier_test_acc', '{:.3f}')}); retain acc "
+            f"from {_uniq(df, 'n_per_class', '{:d}')} samples per remaining class; FID on "
+            f"{_uniq(df, 'fid_features')} features ({_uniq(df, 'fid_backend')}), {_uniq(df, 'fid_n_gen', '{:d}')} "
+            f"generated vs {_uniq(df, 'fid_n_ref', '{:d}')} real remaining-class images; times on "
+            f"{_uniq(df, 'device')}")
+
+
+def _overrides(df: pd.DataFrame) -> list[tuple[str, str]]:
+    ov = _strs(df, "config_overrides")
+    parts = []
+    for label in _label_order(df):
+        sets = {s for s in ov[df["label"] == label] if s not in ("", "{}")}
+        for s in sorted(sets):
+            d = _parse_json(s)
+            parts.append((label, ", ".join(f"{k}={_short_value(v)}" for k, v in d.items()) if d is not None else s))
+    return parts
+
+
+def _override_notes(df: pd.DataFrame) -> str:
+    parts = [f"**{_md_cell(label)}**: {_md_cell(text)}" for label, text in _overrides(df)]
+    return ("Non-default settings (`--set`, `--steps`): " + "; ".join(parts) + "\n") if parts else ""
