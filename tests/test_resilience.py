@@ -633,3 +633,27 @@ def test_asset_build_killed_midway_is_not_trusted(tmp_path):
     (r,) = _builders(folder, log, 1)
     assert r.returncode == 0, r.stderr
     assert _manifest_ok(folder) and json.loads(r.stdout)["built_by"] == int(log.read_text().split()[-1])
+
+
+# --- atomic writes keep ordinary permissions ------------------------------------------------------------------
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    """Temporary files and folders are made 0600/0700 by mkstemp/mkdtemp; once renamed into place, results and
+    cached assets must have what an ordinary open/mkdir gives under the umask, or other users and machines of a
+    shared file system cannot read them."""
+    from bench.hashing import atomic_write_text, make_temp_dir
+    from bench.store import atomic_copy_file
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "table.md", "x\n")
+        atomic_copy_file(tmp_path / "table.md", tmp_path / "copy" / "table.md")
+        folder = make_temp_dir(tmp_path, "cell")
+        os.umask(0o027)
+        atomic_write_text(tmp_path / "group.md", "x\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "table.md").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "copy" / "table.md").stat().st_mode & 0o777 == 0o644
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "group.md").stat().st_mode & 0o777 == 0o640
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p != folder]
