@@ -17,8 +17,11 @@ def git_revision() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=5, check=True).stdout.strip()
-        # untracked files count: a new module or plugin changes what runs as much as an edit does
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal"], cwd=root,
+        # untracked files count: a new module or plugin changes what runs as much as an edit does. What
+        # cannot change a run is left out: committed results (a run writing into results/ must not mark
+        # its own later cells dirty) and the documentation.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal", "--", ".",
+                                ":(exclude)results", ":(exclude)docs", ":(exclude)*.md"], cwd=root,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
