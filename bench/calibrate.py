@@ -17,6 +17,7 @@ import pandas as pd
 
 from bench.driver import CellSpec, Driver
 from bench.hashing import atomic_write_text
+from bench.store import save_png
 from bench.tasks import Task
 
 COLUMNS = ["ua", "retain_acc", "fid", "kid", "precision", "recall"]
@@ -84,8 +85,5 @@ def write_curve(df: pd.DataFrame, folder: Path, title: str, suffix: str = "") ->
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    tmp = folder / ".base_curve.tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(folder / f"base_curve{suffix}.png")
+    save_png(fig, folder / f"base_curve{suffix}.png", dpi=110)
     return md

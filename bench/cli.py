@@ -327,7 +327,7 @@ def _run_cell(driver, spec, name: str, out: Path, task: str, resume: bool, wait:
     import traceback
 
     from bench.running.cells import CellBusy, run_cell
-    from bench.store import clear_failure, write_failure
+    from bench.store import clear_failure, record_failure
 
     try:
         row = run_cell(driver, spec, resume=resume, wait=wait)
@@ -338,10 +338,8 @@ def _run_cell(driver, spec, name: str, out: Path, task: str, resume: bool, wait:
         return "busy", None
     except Exception as exc:  # noqa: BLE001 - a method's bug must not stop the other methods
         print(f"    FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
-        write_failure(out, task, name, {
-            "cell": name, "method": spec.method, "forget_class": spec.forget_class, "seed": spec.seed,
-            "base_seed": spec.base_seed, "profile": spec.profile, "error": f"{type(exc).__name__}: {exc}",
-            "traceback": traceback.format_exc(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        record_failure(out, task, name, dataclasses.asdict(spec), f"{type(exc).__name__}: {exc}",
+                       traceback.format_exc())
         return "failed", None
     clear_failure(out, task, name)
     return "done", row

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,9 +87,18 @@ def save_grid(images: torch.Tensor, labels: torch.Tensor, path: Path, per_row: i
                               fontsize=8, color="crimson" if c == first else "black")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # keep the title off the top row
-    tmp = make_temp_file(Path(path).parent, Path(path).name, ".tmp.png")
+    save_png(fig, path, dpi=100)
+
+
+def save_png(fig, path: Path, dpi: int) -> None:
+    """Save a matplotlib figure as a PNG atomically (a hidden temporary file in the same folder, then
+    ``os.replace``) and close it either way: the one way the harness writes images."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = make_temp_file(path.parent, path.name, ".tmp.png")
     try:
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -130,18 +140,8 @@ def remove_leftovers(folder: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def collect_rows(out: Path, task: str) -> list[dict[str, Any]]:
-    runs = task_dir(out, task) / "runs"
-    if not runs.is_dir():
-        return []
-    return [load_row(d) for d in sorted(runs.iterdir()) if d.is_dir() and not d.name.startswith(".")
-            and is_complete(d)]
 
 
-def write_runs_csv(out: Path, task: str) -> Path:
-    path = task_dir(out, task) / "runs.csv"
-    atomic_write_text(path, _csv_text(collect_rows(out, task)))
-    return path
 
 
 def failure_path(out: Path, task: str, cell_name: str) -> Path:
@@ -155,21 +155,22 @@ def write_failure(out: Path, task: str, cell_name: str, info: dict[str, Any]) ->
     return path
 
 
+FAILURE_IDENTITY = ("method", "forget_class", "seed", "base_seed", "profile")
+
+
+def record_failure(out: Path, task: str, cell_name: str, spec: dict[str, Any], error: str, traceback: str,
+                   **extra: Any) -> Path:
+    """``write_failure`` with the record every runner writes: the cell's identity (from the cell spec's
+    fields), the error and its traceback, ``extra`` (e.g. ``attempts``) and the time."""
+    return write_failure(out, task, cell_name, {
+        "cell": cell_name, **{k: spec[k] for k in FAILURE_IDENTITY}, "error": error, "traceback": traceback,
+        **extra, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
 def clear_failure(out: Path, task: str, cell_name: str) -> None:
     failure_path(out, task, cell_name).unlink(missing_ok=True)
 
 
-def collect_failures(out: Path, task: str) -> list[dict[str, Any]]:
-    folder = task_dir(out, task) / "failures"
-    if not folder.is_dir():
-        return []
-    rows = []
-    for f in sorted(folder.glob("*.json")):
-        try:
-            rows.append(json.loads(f.read_text()))
-        except (OSError, ValueError):
-            continue
-    return rows
 
 
 # --- incremental readers and atomic copies (used by ``bench.reports.Reporter``) ----------------------
@@ -203,10 +204,6 @@ def load_failure(out: Path, task: str, file_name: str) -> dict[str, Any] | None:
         return None
 
 
-def write_rows_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
-    """``runs.csv`` from rows already in memory (same columns and order as ``write_runs_csv``)."""
-    atomic_write_text(Path(path), _csv_text(rows))
-    return Path(path)
 
 
 def atomic_copy_file(src: Path, dst: Path) -> None:

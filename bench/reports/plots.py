@@ -8,34 +8,18 @@ whether a point is a scheduled probe (UA and FID) or a bisection probe of the ti
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bench.hashing import make_temp_file
+from bench.store import save_png
 
 #: FID values at or below this are drawn at it (FID can be ~0, or slightly negative numerically)
 FID_FLOOR = 1e-2
 X_AXES = (("unlearn_s", "unlearning wall-clock (s, probes excluded)"), ("grad_steps", "optimizer steps"))
 
 
-def save_figure(fig, path: Path, dpi: int = 110) -> None:
-    """Save ``fig`` as a PNG atomically: into a temporary file in the same folder, then ``os.replace``;
-    closes the figure either way."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    tmp = make_temp_file(path.parent, path.name, ".tmp.png")
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        plt.close(fig)
 
 
 def _prepared(curves: pd.DataFrame) -> pd.DataFrame:
@@ -124,7 +108,7 @@ def plot_curves(curves: pd.DataFrame, path: Path, methods: list[str] | None = No
         axes[0][0].legend(fontsize=8, ncol=2)
     fig.suptitle(title)
     fig.tight_layout()
-    save_figure(fig, path, dpi=110)
+    save_png(fig, path, dpi=110)
 
 
 def plot_quality_forgetting(points: pd.DataFrame, path: Path, labels: list[str] | None = None, title: str = "",
@@ -170,4 +154,4 @@ def plot_quality_forgetting(points: pd.DataFrame, path: Path, labels: list[str] 
         ax.legend(fontsize=8, ncol=2 if len(order) > 6 else 1, loc="best")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    save_figure(fig, path, dpi=110)
+    save_png(fig, path, dpi=110)

@@ -171,7 +171,7 @@ class Reporter:
 
     @property
     def rows(self) -> list[dict[str, Any]]:
-        """Completed rows in folder-name order (as ``bench.store.collect_rows``)."""
+        """Completed rows in folder-name order."""
         return [self._cells[n][1] for n in sorted(self._cells)]
 
     @property
@@ -257,7 +257,7 @@ class Reporter:
         return md
 
     def _runs_csv(self, names: list[str]) -> str:
-        """``runs.csv`` as ``bench.store.write_runs_csv`` writes it (columns in first-appearance order), from
+        """``runs.csv``: one line per cell in folder-name order, columns in first-appearance order, from
         per-cell lines cached while the column list stays the same."""
         if not names:
             return ""

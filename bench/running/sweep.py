@@ -82,7 +82,7 @@ def run_sweep(args) -> int:
     """The ``bench sweep`` command: plan, build shared assets, run missing cells, render."""
     from bench.cli import Reports, plan_grid
     from bench.errors import BenchError
-    from bench.store import cell_dir, clear_failure, is_complete, write_failure
+    from bench.store import cell_dir, is_complete
 
     try:
         import ray
@@ -115,8 +115,7 @@ def run_sweep(args) -> int:
     except Exception as exc:  # noqa: BLE001 - an unreachable cluster is the user's setting
         raise BenchError(f"cannot start or join Ray (--address {args.address or 'local'}): {exc}") from None
     try:
-        return _drive(ray, ctx, todo, gpus, args, tdir, out, task.name, t0,
-                      write_failure=write_failure, clear_failure=clear_failure, reports=reports)
+        return _drive(ray, ctx, todo, gpus, args, tdir, out, task.name, t0, reports)
     finally:
         ray.shutdown()
 
@@ -129,10 +128,11 @@ def _slots(resources: dict, cpus: float, gpus: float) -> int:
     return max(1, n)
 
 
-def _drive(ray, ctx, todo, gpus, args, tdir, out, task, t0, write_failure, clear_failure, reports) -> int:
+def _drive(ray, ctx, todo, gpus, args, tdir, out, task, t0, reports) -> int:
     from tqdm.auto import tqdm
 
     from bench.errors import BenchError
+    from bench.store import clear_failure, record_failure
 
     have = ray.cluster_resources()
     for kind, need in (("CPU", args.cpus_per_cell), ("GPU", gpus)):
@@ -183,11 +183,7 @@ def _drive(ray, ctx, todo, gpus, args, tdir, out, task, t0, write_failure, clear
                 continue
             if res["status"] == "failed":
                 failed += 1
-                sp = specs[name]
-                write_failure(out, task, name, {
-                    "cell": name, "method": sp["method"], "forget_class": sp["forget_class"], "seed": sp["seed"],
-                    "base_seed": sp["base_seed"], "profile": sp["profile"], "error": res["error"],
-                    "traceback": res["traceback"], "attempts": attempt, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                record_failure(out, task, name, specs[name], res["error"], res["traceback"], attempts=attempt)
                 print(f"bench sweep: FAILED {name}: {res['error']}", file=sys.stderr)
                 reports.update()
             else:
