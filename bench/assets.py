@@ -23,7 +23,9 @@ from bench.diffusion import Diffusion
 from bench.errors import BenchError
 from bench.hashing import atomic_write_json, content_hash, file_sha256, make_temp_dir
 from bench.measure import PeakMemory, Stopwatch
-from bench.nets import CondUNet, count_params
+from bench.models.factory import build_unet, load_unet
+from bench.nets import count_params
+from bench.precision import Precision
 from bench.tasks import Profile, Recipe, Task
 from bench.train import predict, train_classifier, train_diffusion
 
@@ -92,15 +94,22 @@ class Assets:
     """Everything a cell needs from its task, resolved once per (task, profile, device)."""
 
     def __init__(self, task: Task, profile: Profile, device: torch.device, cache_root: Path | None = None,
-                 base_seed: int = 0):
+                 base_seed: int = 0, precision: Precision | None = None, data_root: Path | None = None,
+                 base_model: Path | None = None, base_weights: str = "ema"):
         self.task, self.profile, self.device = task, profile, device
+        self.base_model_path = Path(base_model) if base_model else None
+        self.base_weights = base_weights
+        self.precision = precision or Precision()
         self.base_seed = int(base_seed)
         self.training_seed = BASE_SEED + self.base_seed
-        self.root = Path(cache_root or default_cache_root()) / task.name
-        self.splits = task.load_splits()
+        self.cache_root = Path(cache_root or default_cache_root())
+        self.root = self.cache_root / task.name
+        self.splits = _limit_per_class(task.load_splits(data_root, self.cache_root), profile.max_per_class)
+        self.unet_config = profile.unet_config or task.unet_config
+        self.classifier_arch = profile.classifier_arch or task.classifier_arch
         self.diffusion = Diffusion(device=device)
-        self._base: dict[str, CondUNet] = {}
-        self._retrain: dict[tuple, tuple[CondUNet, dict]] = {}
+        self._base: dict[str, torch.nn.Module] = {}
+        self._retrain: dict[tuple, tuple[torch.nn.Module, dict]] = {}
         self._classifier = None
         self.base_meta: dict = {}
         self.classifier_meta: dict = {}
@@ -111,19 +120,31 @@ class Assets:
 
     # --- base model -------------------------------------------------------------------------
     def base_key(self, recipe: Recipe | None = None, exclude_class: int | None = None) -> dict:
-        return {"v": ASSET_VERSION, "task": self.task.name, "variant": self.task.dataset_variant,
-                "unet": self.task.unet_config, "classes": self.task.num_classes,
-                "recipe": asdict(recipe or self.profile.pretrain), "seed": self.training_seed,
-                "exclude_class": exclude_class}
+        key = {"v": ASSET_VERSION, "task": self.task.name, "variant": self.task.dataset_variant,
+               "unet": self.unet_config, "classes": self.task.num_classes,
+               "recipe": asdict(recipe or self.profile.pretrain), "seed": self.training_seed,
+               "exclude_class": exclude_class}
+        # keys of the original digits setup stay as they were, so its caches remain valid
+        if self.task.arch != "diffusers-unet":
+            key["arch"] = self.task.arch
+        if self.splits.info.get("data_sha256"):
+            key["data"] = self.splits.info["data_sha256"]
+        if self.profile.max_per_class:
+            key["max_per_class"] = self.profile.max_per_class
+        if self.precision.bf16 or self.precision.compile:
+            key["train_precision"] = self.precision.tag()
+        return key
 
-    def new_model(self) -> CondUNet:
+    def new_model(self) -> torch.nn.Module:
         torch.manual_seed(self.training_seed)
-        return CondUNet(self.task.unet_config, self.task.num_classes)
+        return build_unet(self.task.arch, self.unet_config, self.task.num_classes)
 
-    def base(self, weights: str = "raw") -> CondUNet:
+    def base(self, weights: str = "raw") -> torch.nn.Module:
         """A fresh copy of the pretrained base model (``raw`` or ``ema`` weights), on the device."""
         if weights not in ("raw", "ema"):
             raise ValueError(f"weights must be 'raw' or 'ema', not {weights!r}")
+        if weights not in self._base and self.base_model_path is not None:
+            self._load_user_base()
         if weights not in self._base:
             folder = self.root / f"base-{content_hash(self.base_key())}"
             self.base_meta = _build(folder, self._train_base, "base model")
@@ -131,13 +152,28 @@ class Assets:
                 self._base[w] = self._load_unet(folder, w, "base model")
         return self._base[weights].clone()
 
-    def _load_unet(self, folder: Path, weights: str, what: str) -> CondUNet:
+    def _load_user_base(self) -> None:
+        """``--base-model``: the user's checkpoint (checked against the task's architecture) serves as
+        both the raw and the EMA base; which of its weight sets is used is ``--base-weights``."""
+        from bench.models.checkpoints import load_base_model
+
+        path = self.base_model_path
+        if not path.exists():
+            raise BenchError(f"--base-model {path}: no such file or folder")
+        arch = {"arch": self.task.arch, "config": self.unet_config}
+        net = load_base_model(path, arch, self.task.num_classes, weights=self.base_weights)
+        net = self.precision.prepare(net.to(self.device)).eval()
+        self._base = {"raw": net, "ema": net}
+        self.base_meta = {"kind": "user", "path": str(path), "weights": self.base_weights,
+                          "sha256": user_model_hash(path), "steps": None, "params": count_params(net)}
+
+    def _load_unet(self, folder: Path, weights: str, what: str) -> torch.nn.Module:
         try:
-            net = CondUNet.load(folder / weights, self.task.num_classes)
+            net = load_unet(folder / weights, self.task.num_classes)
         except Exception as exc:
             raise BenchError(f"cannot load cached {what} {folder / weights}: {exc}; "
                              f"delete {folder} to rebuild it") from exc
-        return net.to(self.device).eval()
+        return self.precision.prepare(net.to(self.device)).eval()
 
     def _train_base(self, out: Path, recipe: Recipe | None = None, exclude_class: int | None = None) -> dict:
         """The task's diffusion recipe from the base seed's initialisation and data order; with
@@ -153,7 +189,8 @@ class Assets:
             watch = Stopwatch(self.device)
             watch.start()
             net, ema = train_diffusion(net, self.diffusion, stream, recipe,
-                                       desc=f"{what} {self.task.name} (base seed {self.base_seed})")
+                                       desc=f"{what} {self.task.name} (base seed {self.base_seed})",
+                                       precision=self.precision)
             secs = watch.stop()
         net.save(out / "raw")
         ema.copy_to(net.parameters())
@@ -163,7 +200,8 @@ class Assets:
                 "peak_mem_mb": mem.peak_mb, "peak_mem_kind": mem.kind, "device": str(self.device),
                 "params": count_params(net), "created": time.time()}
 
-    def retrain(self, forget_class: int, steps: int | None = None, weights: str = "raw") -> tuple[CondUNet, dict]:
+    def retrain(self, forget_class: int, steps: int | None = None,
+                weights: str = "raw") -> tuple[torch.nn.Module, dict]:
         """``(fresh copy of the Retrain model, its manifest)``: the base recipe (``steps`` overrides
         its length) on every class but ``forget_class``, from the base seed; cached like the base."""
         recipe = self.profile.pretrain if steps is None else replace(self.profile.pretrain, steps=int(steps))
@@ -179,11 +217,17 @@ class Assets:
     def classifier(self) -> torch.nn.Module:
         if self._classifier is None:
             key = {"v": ASSET_VERSION, "task": self.task.name, "variant": self.task.dataset_variant,
-                   "recipe": asdict(self.task.classifier_recipe), "seed": CLASSIFIER_SEED,
-                   "arch": type(self.task.make_classifier()).__name__}
+                   "recipe": _recipe_key(self.classifier_recipe), "seed": CLASSIFIER_SEED,
+                   "arch": type(self.make_classifier()).__name__}
+            if self.classifier_arch != {"kind": "small-cnn"}:
+                key["classifier_arch"] = self.classifier_arch
+            if self.splits.info.get("data_sha256"):
+                key["data"] = self.splits.info["data_sha256"]
+            if self.profile.max_per_class:
+                key["max_per_class"] = self.profile.max_per_class
             folder = self.root / f"classifier-{content_hash(key)}"
             self.classifier_meta = _build(folder, lambda out: self._train_classifier(out, key), "classifier")
-            net = self.task.make_classifier()
+            net = self.make_classifier()
             try:
                 net.load_state_dict(load_file(folder / "classifier.safetensors"))
             except Exception as exc:
@@ -195,15 +239,66 @@ class Assets:
 
     def _train_classifier(self, out: Path, key: dict) -> dict:
         torch.manual_seed(CLASSIFIER_SEED)
-        net = self.task.make_classifier()
+        net = self.make_classifier()
         s = self.splits
-        net = train_classifier(net, s.train_x, s.train_y, self.task.classifier_recipe, CLASSIFIER_SEED,
-                               self.device)
-        probs = predict(net, s.test_x)
+        watch = Stopwatch(self.device)
+        watch.start()
+        net = train_classifier(net, s.train_x, s.train_y, self.classifier_recipe, CLASSIFIER_SEED,
+                               self.device, precision=self.precision)
+        secs = watch.stop()
+        probs = predict(net, s.test_x, batch=self.profile.eval_batch)
         pred = probs.argmax(1)
         acc = float((pred == s.test_y).float().mean())
         recall = [float((pred[s.test_y == c] == c).float().mean()) for c in range(self.task.num_classes)]
         save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
                   str(out / "classifier.safetensors"))
         return {"kind": "classifier", "key": key, "test_acc": acc, "test_recall": recall,
-                "params": count_params(net), "created": time.time()}
+                "params": count_params(net), "train_seconds": secs, "created": time.time()}
+
+    @property
+    def classifier_recipe(self):
+        r = self.task.classifier_recipe
+        return replace(r, epochs=self.profile.classifier_epochs) if self.profile.classifier_epochs else r
+
+    def make_classifier(self) -> torch.nn.Module:
+        if self.profile.classifier_arch is None:
+            return self.task.make_classifier()
+        from bench.models.classifiers import build_classifier
+
+        return build_classifier(self.classifier_arch, self.task.channels, self.task.num_classes)
+
+
+def user_model_hash(path: Path) -> str:
+    """SHA-256 of a user's checkpoint file, or of the sorted weight files of a checkpoint folder."""
+    import hashlib
+
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt",
+                                                                              ".pth", ".ckpt", ".json")):
+        h.update(str(f.relative_to(path)).encode())
+        h.update(file_sha256(f).encode())
+    return h.hexdigest()
+
+
+def _recipe_key(recipe) -> dict:
+    d = asdict(recipe)
+    if not d.get("flip", True):
+        del d["flip"]  # keys written before the option existed stay valid
+    return d
+
+
+def _limit_per_class(s, n: int | None):
+    """The first ``n`` training and ``max(1, n // 5)`` test images of each class (smoke profiles)."""
+    if not n:
+        return s
+    from bench.tasks import Splits
+
+    def keep(y: torch.Tensor, k: int) -> torch.Tensor:
+        idx = [torch.nonzero(y == c).flatten()[:k] for c in torch.unique(y)]
+        return torch.sort(torch.cat(idx)).values
+
+    tr, te = keep(s.train_y, n), keep(s.test_y, max(1, n // 5))
+    return Splits(s.train_x[tr], s.train_y[tr], s.test_x[te], s.test_y[te], dict(s.info))

@@ -92,6 +92,24 @@ def _grid_arguments(r: argparse.ArgumentParser) -> None:
                    help="FID library (default: the profile's, torch-fidelity)")
     r.add_argument("--cache", default=None, help="asset cache (default: $BENCH_CACHE or ~/.cache/unlearn-bench)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    _data_arguments(r)
+
+
+def _data_arguments(r: argparse.ArgumentParser) -> None:
+    """Where data and weights come from, and the speed options (run, sweep and pretrain)."""
+    r.add_argument("--data-root", default=None, metavar="PATH",
+                   help="dataset files: an official archive or its extracted folder, IDX files, or an "
+                        "image-folder tree split/<class>/*.png (default: the cache and well-known places)")
+    r.add_argument("--base-model", default=None, metavar="PATH",
+                   help="use this checkpoint as the base model instead of training one: the reference "
+                        "training code's .pth, a safetensors file, or a diffusers folder")
+    r.add_argument("--base-weights", choices=["ema", "raw"], default="ema",
+                   help="with --base-model: which weights of a reference checkpoint to use (default: ema)")
+    r.add_argument("--pretrain-steps", type=int, default=None, metavar="N",
+                   help="length of the harness-trained base model (default: the profile's recipe)")
+    r.add_argument("--precision", default="fp32", metavar="OPTS",
+                   help="fp32, or a comma-separated subset of bf16, tf32, channels-last, compile "
+                        "(recorded in every row; part of each cell's identity)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--no-ft", action="store_true", help="with --curve: evaluate the Original only")
     pt.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
                     help="with --curve: use this learning-rate schedule instead of the task's (files get a suffix)")
+    pt.add_argument("--data-root", default=None, metavar="PATH", help="dataset files (see 'run --help')")
+    pt.add_argument("--steps", type=int, default=None, metavar="N",
+                    help="pretraining iterations (default: the profile's recipe); same as run's --pretrain-steps")
+    pt.add_argument("--precision", default="fp32", metavar="OPTS", help="as for run")
+    pt.add_argument("--export", default=None, metavar="FILE",
+                    help="also write the base model as a checkpoint in the reference training code's format")
 
     ls = sub.add_parser("list", help="list registered methods, tasks or metrics")
     ls.add_argument("what", choices=["methods", "tasks", "metrics"])
@@ -152,8 +176,9 @@ def cmd_list(args) -> int:
     elif args.what == "tasks":
         for name in TASKS.names():
             t = get_task(name)
-            print(f"{name}: {t.description}; profiles: {', '.join(t.profiles)}; default forget class "
-                  f"{t.default_forget} -> cover {t.cover_class(t.default_forget)}")
+            print(f"{name}: {t.description}\n    {t.channels}x{t.image_size}x{t.image_size}, {t.num_classes} classes, "
+                  f"base model {t.arch}; profiles: {', '.join(t.profiles)}; default forget class "
+                  f"{t.default_forget} -> cover {t.cover_class(t.default_forget)}\n    data: {t.data_source}")
     else:
         for name in METRICS.names():
             m = METRICS.get(name)
@@ -195,14 +220,34 @@ def cmd_pretrain(args) -> int:
                                    f"{r.lr_schedule} schedule, batch {r.batch}; {args.profile} evaluation)",
                           suffix))
         return 0
+    from bench.precision import parse_precision
+
+    precision = parse_precision(args.precision)
+    precision.apply_globals()
+    if args.steps is not None:
+        if args.steps < 1:
+            raise BenchError(f"--steps must be positive, got {args.steps}")
+        profile = dataclasses.replace(profile, pretrain=dataclasses.replace(profile.pretrain, steps=args.steps))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda was requested but no CUDA device is available")
+    if hasattr(task, "bind"):
+        task = task.bind(Path(args.data_root) if args.data_root else None, cache)
     for b in args.base_seed:
-        assets = Assets(task, profile, torch.device(args.device), cache, b)
+        assets = Assets(task, profile, torch.device(args.device), cache, b, precision,
+                        Path(args.data_root) if args.data_root else None)
         t0 = time.perf_counter()
         assets.base("raw")
         assets.classifier()
         print(f"base seed {b}: base model {assets.base_meta['steps']} steps, trained in "
               f"{assets.base_meta['train_seconds']:.1f} s; classifier test accuracy "
               f"{assets.classifier_meta['test_acc']:.3f} ({time.perf_counter() - t0:.1f} s)")
+        if args.export:
+            from bench.models.checkpoints import save_reference_checkpoint
+
+            ema = assets.base("ema")
+            save_reference_checkpoint(assets.base("raw"), Path(args.export), ema_state=ema.state_dict(),
+                                      step=int(assets.base_meta["steps"]))
+            print(f"wrote {args.export} (reference format: [model_state, optimizer_state, step, ema_shadow])")
     return 0
 
 
@@ -247,7 +292,18 @@ def plan_grid(args, threads: int | None = None):
                                 "--cache" if args.cache else "the asset cache ($BENCH_CACHE or ~/.cache/unlearn-bench)")
     if args.device == "cpu":
         torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
-    driver = Driver(out, args.device, cache, progress=not args.quiet, task_override=task)
+    from bench.precision import parse_precision
+
+    if args.pretrain_steps is not None and args.pretrain_steps < 1:
+        raise BenchError(f"--pretrain-steps must be positive, got {args.pretrain_steps}")
+    if args.base_model and not Path(args.base_model).exists():
+        raise BenchError(f"--base-model {args.base_model}: no such file or folder")
+    driver = Driver(out, args.device, cache, progress=not args.quiet, task_override=task,
+                    precision=parse_precision(args.precision),
+                    data_root=Path(args.data_root) if args.data_root else None,
+                    base_model=Path(args.base_model) if args.base_model else None,
+                    base_weights=args.base_weights, pretrain_steps=args.pretrain_steps)
+    driver.get_task(task.name)  # resolve the data now: a missing dataset is one message before any work
     specs = [CellSpec(task.name, m, c, s, args.profile, sets[m], args.steps, extra, base_seed=b)
              for b in args.base_seed for c in classes for s in args.seed for m in methods]
     names = [driver.plan(spec)[2] for spec in specs]

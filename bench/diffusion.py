@@ -50,12 +50,14 @@ class Diffusion:
 
     def antithetic_t(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
         """``u ~ U{0..T-1}^(B//2+1)``, ``t = concat(u, T-1-u)[:B]`` (the reference's draw)."""
-        u = torch.randint(0, self.T, (batch // 2 + 1,), generator=generator, device="cpu")
+        dev = "cpu" if generator is not None else self.device
+        u = torch.randint(0, self.T, (batch // 2 + 1,), generator=generator, device=dev)
         return torch.cat([u, self.T - 1 - u])[:batch].to(self.device)
 
     def uniform_t(self, batch: int, low: int, high: int, generator: torch.Generator | None = None) -> Tensor:
         """``t ~ UniformInt[low, high)``, not antithetic (the SFD losses)."""
-        return torch.randint(low, high, (batch,), generator=generator, device="cpu").to(self.device)
+        dev = "cpu" if generator is not None else self.device
+        return torch.randint(low, high, (batch,), generator=generator, device=dev).to(self.device)
 
     # --- network calls ----------------------------------------------------------------------
     @staticmethod
@@ -69,7 +71,8 @@ class Diffusion:
             return c
         if p_drop >= 1.0:
             return torch.full_like(c, net.null_class)
-        drop = torch.rand(c.shape, generator=generator, device="cpu").to(c.device) < p_drop
+        dev = "cpu" if generator is not None else c.device
+        drop = torch.rand(c.shape, generator=generator, device=dev).to(c.device) < p_drop
         return torch.where(drop, torch.full_like(c, net.null_class), c)
 
     def eps(self, net: nn.Module, x: Tensor, t: Tensor, c: Tensor, p_drop: float = 0.0) -> Tensor:
@@ -98,7 +101,8 @@ class Diffusion:
         if t is None:
             t = self.antithetic_t(x0.shape[0], generator)
         if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0.device)
+            dev = "cpu" if generator is not None else x0.device
+            noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype).to(x0.device)
         pred = self.eps(net, self.q_sample(x0, t, noise), t, c, p_drop)
         return (noise - pred).pow(2).flatten(1).sum(dim=1)
 
@@ -140,25 +144,6 @@ def to_uint8(x: Tensor) -> Tensor:
 
 def from_uint8(x: Tensor) -> Tensor:
     return x.float() / 127.5 - 1.0
-
-
-def per_image_noise(seed: int, labels: Tensor, index: Tensor, shape: tuple[int, ...],
-                    device: torch.device) -> NoiseFn:
-    """Noise source whose draws for image ``i`` of class ``c`` depend only on ``(seed, c, i)``.
-
-    Every call returns the next Gaussian draw for every image, so samples do not depend on the
-    batch size or on which other images share the batch (protocol.md §3.5).
-    """
-    gens = []
-    for c, i in zip(labels.tolist(), index.tolist()):
-        g = torch.Generator()
-        g.manual_seed(((seed * 1_000_003 + c) * 1_000_033 + i) % (2**63 - 1))
-        gens.append(g)
-
-    def draw(_: tuple[int, ...]) -> Tensor:
-        return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
-
-    return draw
 
 
 def sfd_constants(diffusion: Diffusion, t_init: int) -> tuple[float, float, float]:

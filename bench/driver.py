@@ -30,6 +30,7 @@ from bench.hashing import canonical, content_hash
 from bench.measure import Counts, PeakMemory, Stopwatch
 from bench.method import METHODS, resolve_config
 from bench.metric import METRICS, EvalContext
+from bench.precision import Precision
 from bench.store import cell_dir, is_complete, load_row, write_cell
 from bench.tasks import Task, get_task
 
@@ -61,27 +62,80 @@ def default_metrics() -> list[str]:
 
 class Driver:
     def __init__(self, out: Path, device: str = "cpu", cache_root: Path | None = None, progress: bool = True,
-                 log=None, task_override: Task | None = None) -> None:
+                 log=None, task_override: Task | None = None, precision: Precision | None = None,
+                 data_root: Path | None = None, base_model: Path | None = None, base_weights: str = "ema",
+                 pretrain_steps: int | None = None) -> None:
         self.out = Path(out)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BenchError("--device cuda was requested but no CUDA device is available")
         self.cache_root = cache_root
         self.progress = progress
+        self.precision = precision or Precision()
+        self.precision.apply_globals()
+        self.data_root = data_root
+        self.base_model, self.base_weights = base_model, base_weights
+        self.pretrain_steps = pretrain_steps
+        self._base_model_hash: str | None = None
         self._assets: dict[tuple[str, str, int], Assets] = {}
+        self._tasks: dict[str, Task] = {}
         self._log = log or (lambda msg: print(msg, file=sys.stderr))
         self._task_override = task_override
+        self._warm = self.device.type != "cuda"
 
     def get_task(self, name: str) -> Task:
+        """The task, bound to its data (real-image tasks resolve their files once per driver)."""
         if self._task_override is not None and self._task_override.name == name:
-            return self._task_override
-        return get_task(name)
+            task = self._task_override
+        elif name in self._tasks:
+            return self._tasks[name]
+        else:
+            task = get_task(name)
+        if hasattr(task, "bind") and not task.bound:
+            task = task.bind(self.data_root, self.cache_root)
+            if self._task_override is not None and self._task_override.name == name:
+                self._task_override = task
+        self._tasks[name] = task
+        return task
 
     def assets(self, task: Task, profile: str, base_seed: int = 0) -> Assets:
         key = (task.name, profile, base_seed)
         if key not in self._assets:
-            self._assets[key] = Assets(task, task.profile(profile), self.device, self.cache_root, base_seed)
+            self._assets[key] = Assets(task, self.profile(task, profile), self.device, self.cache_root, base_seed,
+                                       self.precision, self.data_root, self.base_model, self.base_weights)
         return self._assets[key]
+
+    def profile(self, task: Task, name: str):
+        """The task's profile, with ``--pretrain-steps`` applied to its base-model recipe."""
+        p = task.profile(name)
+        if self.pretrain_steps is not None:
+            p = dataclasses.replace(p, pretrain=dataclasses.replace(p.pretrain, steps=int(self.pretrain_steps)))
+        return p
+
+    def base_model_hash(self) -> str | None:
+        if self.base_model is None:
+            return None
+        if self._base_model_hash is None:
+            from bench.assets import user_model_hash
+
+            if not Path(self.base_model).exists():
+                raise BenchError(f"--base-model {self.base_model}: no such file or folder")
+            self._base_model_hash = user_model_hash(Path(self.base_model))
+        return self._base_model_hash
+
+    def _warm_up(self, assets: Assets) -> None:
+        """One untimed forward and backward of the base model before the first timed cell on a GPU, so
+        CUDA context creation, cuDNN autotuning and lazy allocations are not billed to a method."""
+        if self._warm:
+            return
+        net = assets.base("raw").train()
+        x = assets.splits.train_x[:8].to(self.device)
+        y = assets.splits.train_y[:8].to(self.device)
+        with self.precision.autocast(self.device):
+            assets.diffusion.simple_loss(net, x, y).backward()
+        del net
+        torch.cuda.synchronize(self.device)
+        self._warm = True
 
     # --- cell identity -----------------------------------------------------------------------
     def plan(self, spec: CellSpec) -> tuple[Any, dict[str, Any], str]:
@@ -92,7 +146,7 @@ class Driver:
                              f"got {spec.forget_class}")
         if spec.base_seed < 0 or spec.seed < 0:
             raise BenchError(f"seeds must be non-negative, got --seed {spec.seed} --base-seed {spec.base_seed}")
-        profile = task.profile(spec.profile)
+        profile = self.profile(task, spec.profile)
         cls = METHODS.get(spec.method)
         cfg = resolve_config(cls, task.name, profile.name, spec.overrides, spec.iters, task, profile)
         metric_names = sorted(set(default_metrics()) | set(spec.metrics))
@@ -101,6 +155,10 @@ class Driver:
                     "cover_class": task.cover_class(spec.forget_class), "seed": spec.seed,
                     "base_seed": spec.base_seed, "profile": dataclasses.asdict(profile),
                     "config": dataclasses.asdict(cfg), "metrics": metric_names, "device": self.device.type,
+                    "data": getattr(task, "data_info", {}).get("data_sha256"),
+                    "precision": self.precision.describe(),
+                    "base_model": ({"sha256": self.base_model_hash(), "weights": self.base_weights}
+                                   if self.base_model else None),
                     "code": {"harness": harness_version(), "method": method_version(cls)}}
         cell_id = content_hash(identity, 10)
         name = f"{cls.name}-f{spec.forget_class}-b{spec.base_seed}-s{spec.seed}-{profile.name}-{cell_id}"
@@ -123,7 +181,9 @@ class Driver:
         assets = self.assets(task, spec.profile, spec.base_seed)
         assets.base("raw")
         assets.classifier()
+        self._warm_up(assets)
         prepare_s = time.perf_counter() - t0
+        amp = self.precision.autocast(self.device)
 
         p = assets.profile
         forget, cover = spec.forget_class, task.cover_class(spec.forget_class)
@@ -136,7 +196,8 @@ class Driver:
                                  ua_target=p.ua_target, resolution=p.ttt_resolution)
             counts.enabled = True
             watch.start()
-            generator = method.unlearn(ctx)
+            with amp:
+                generator = method.unlearn(ctx)
             unlearn_s = watch.stop()
             counts.enabled = False
         if not isinstance(generator, Generator):
@@ -149,7 +210,8 @@ class Driver:
         labels = torch.cat([torch.full((p.n_ua,), forget, dtype=torch.long),
                             torch.tensor([c for c in ctx.remain_classes for _ in range(p.n_per_class)],
                                          dtype=torch.long)])
-        with PeakMemory(self.device) as mem_sample:
+        generator.batch_size = p.eval_batch
+        with PeakMemory(self.device) as mem_sample, self.precision.autocast(self.device):
             counts.enabled = True
             imgs = generator.sample(labels, seed=spec.seed)
             counts.enabled = False
@@ -196,12 +258,16 @@ class Driver:
             "probe_s": ctx.probe_seconds, "refine_s": ctx.refine_seconds, "refine_probes": ctx.refine_probes,
             "n_ua": p.n_ua, "n_per_class": p.n_per_class,
             "dataset_variant": task.dataset_variant,
+            "data_source": assets.splits.info.get("data_source", ""),
+            "data_sha256": assets.splits.info.get("data_sha256", ""),
+            "precision": self.precision.tag(), "unet_arch": task.arch,
             "classifier_test_acc": clf_meta.get("test_acc"),
             "classifier_forget_recall": clf_meta.get("test_recall", [None] * (forget + 1))[forget],
             "classifier_hash": clf_meta.get("files", {}).get("classifier.safetensors", "")[:16],
             "base_training_seed": BASE_SEED + spec.base_seed,
-            "base_hash": base_meta.get("files", {}).get("raw/diffusion_pytorch_model.safetensors", "")[:16],
+            "base_hash": (base_meta.get("sha256") or base_meta.get("files", {}).get(_raw_weights(base_meta), ""))[:16],
             "base_steps": base_meta.get("steps"),
+            "base_source": base_meta.get("path", "harness") if base_meta.get("kind") == "user" else "harness",
             **{f"info_{k}": v for k, v in ctx.info.items()},
             "config_hash": content_hash(dataclasses.asdict(cfg), 12),
             "config_json": json.dumps(canonical(dataclasses.asdict(cfg)), sort_keys=True),
@@ -253,6 +319,10 @@ class DriverProbe:
         imgs = gen.sample(self.labels, seed=self.seed)
         fid = torch_fidelity_metrics(imgs[self.n:], self.real, self.clf, "probe", kid=False, prc=False)["fid"]
         return {"ua": self._ua(imgs[:self.n]), "fid": fid}
+
+
+def _raw_weights(meta: dict) -> str:
+    return next((f for f in sorted(meta.get("files", {})) if f.startswith("raw/") and f.endswith(".safetensors")), "")
 
 
 def _user_overrides(spec: CellSpec) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from bench.diffusion import Diffusion, NoiseFn, per_image_noise, to_uint8
+from bench.diffusion import Diffusion, NoiseFn, to_uint8
+from bench.noise import CounterNoise
 
 
 @contextlib.contextmanager
@@ -67,7 +68,7 @@ class Generator(ABC):
         with eval_mode(self.net):
             for s in range(0, len(labels), self.batch_size):
                 lab, ind = labels[s:s + self.batch_size], index[s:s + self.batch_size]
-                noise = per_image_noise(seed, lab, ind, self.image_shape, self.device)
+                noise = CounterNoise(seed, lab, ind, self.image_shape, self.device)
                 x = self._generate(lab.to(self.device), noise)
                 out.append(to_uint8(x).cpu())
         return torch.cat(out) if out else torch.empty((0, *self.image_shape), dtype=torch.uint8)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.diffusion import Diffusion, per_image_noise, sfd_constants, to_uint8
+from bench.diffusion import Diffusion, sfd_constants, to_uint8
 from bench.generators import DiffusionSampler, OneStepGenerator
 
 
@@ -64,14 +64,6 @@ def test_samples_do_not_depend_on_batch_size(tiny_net):
     assert (s_big.int() - s_one.int()).abs().max() <= 1  # float reassociation may flip one rounding
     other_seed = DiffusionSampler(tiny_net, d, 5, 0.5, 1.0, (1, 8, 8)).sample(labels, seed=4)
     assert not torch.equal(s_big, other_seed)
-
-
-def test_per_image_noise_depends_on_class_and_index():
-    lab, idx = torch.tensor([0, 0, 1]), torch.tensor([0, 1, 0])
-    a = per_image_noise(0, lab, idx, (1, 2, 2), torch.device("cpu"))(())
-    b = per_image_noise(0, lab[[2, 1, 0]], idx[[2, 1, 0]], (1, 2, 2), torch.device("cpu"))(())
-    assert torch.equal(a, b[[2, 1, 0]])
-    assert not torch.equal(a[0], a[1])
 
 
 def test_one_step_generator_counts_one_nfe_and_maps_to_uint8(tiny_net):

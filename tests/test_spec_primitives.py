@@ -23,6 +23,7 @@ import torch
 from bench.diffusion import Diffusion, to_uint8
 from bench.generators import DiffusionSampler
 from bench.nets import CondUNet
+from bench.noise import counter_normal, image_keys
 from bench.tasks.digits import DIGITS
 from methods._fisher import fisher_ratio_mask, guided_fisher, image_fisher
 from methods._masks import top_fraction
@@ -113,14 +114,11 @@ def test_diffusion_sampler_uint8_output_matches_the_spec_sampler(steps, w, eta):
     assert out.dtype == torch.uint8 and out.shape == (5, 1, 8, 8)
 
     index = [0, 1, 0, 0, 1]  # per-class running index of each image
-    gens = []
-    for c, i in zip(labels.tolist(), index):
-        gi = torch.Generator()
-        gi.manual_seed(((seed * 1_000_003 + c) * 1_000_033 + i) % (2**63 - 1))
-        gens.append(gi)
     n_draws = 1 + (steps - 1 if eta > 0 else 0)
-    draws = [np.stack([torch.randn((1, 8, 8), generator=gi).double().numpy() for gi in gens])
-             for _ in range(n_draws)]
+    # each image's draws come from its own counter stream keyed by (seed, c, i), replayed one image at a time
+    keys = [image_keys(seed, torch.tensor([c]), torch.tensor([i])) for c, i in zip(labels.tolist(), index)]
+    draws = [np.concatenate([counter_normal(k, d, (1, 8, 8)).double().numpy() for k in keys])
+             for d in range(n_draws)]
 
     def run(**kw):
         return R.generalized_sample(net.np_eps, labels.numpy(), net.null_class, steps, w, eta, draws, **kw)

@@ -29,7 +29,9 @@ _DRIVERS: dict[tuple, Any] = {}  # per worker process: one Driver (and its loade
 
 def _worker_driver(ctx: dict):
     """The worker process's Driver for this sweep's settings, created once and kept (assets stay loaded)."""
-    key = (ctx["out"], ctx["cache"], ctx["device"], ctx["task"], ctx["fid_backend"], tuple(ctx["plugins"]))
+    key = (ctx["out"], ctx["cache"], ctx["device"], ctx["task"], ctx["fid_backend"], tuple(ctx["plugins"]),
+           ctx.get("precision"), ctx.get("data_root"), ctx.get("base_model"), ctx.get("base_weights"),
+           ctx.get("pretrain_steps"))
     if key not in _DRIVERS:
         import torch
 
@@ -42,8 +44,14 @@ def _worker_driver(ctx: dict):
         torch.set_num_threads(max(1, int(ctx["threads"])))
         load_all(ctx["plugins"])
         task = resolve_task(ctx["task"], ctx["fid_backend"])
+        from bench.precision import parse_precision
+
+        opt = ctx.get
         _DRIVERS[key] = Driver(Path(ctx["out"]), ctx["device"], Path(ctx["cache"]), progress=False,
-                               log=lambda m: None, task_override=task)
+                               log=lambda m: None, task_override=task, precision=parse_precision(opt("precision")),
+                               data_root=Path(opt("data_root")) if opt("data_root") else None,
+                               base_model=Path(opt("base_model")) if opt("base_model") else None,
+                               base_weights=opt("base_weights") or "ema", pretrain_steps=opt("pretrain_steps"))
     return _DRIVERS[key]
 
 
@@ -104,7 +112,10 @@ def run_sweep(args) -> int:
         return 0
     ctx = {"out": str(out.resolve()), "cache": str(Path(cache).resolve()), "device": args.device,
            "task": task.name, "fid_backend": args.fid_backend, "threads": args.cpus_per_cell,
-           "plugins": [str(Path(p).resolve()) for p in args.plugins]}
+           "plugins": [str(Path(p).resolve()) for p in args.plugins], "precision": args.precision,
+           "data_root": str(Path(args.data_root).resolve()) if args.data_root else None,
+           "base_model": str(Path(args.base_model).resolve()) if args.base_model else None,
+           "base_weights": args.base_weights, "pretrain_steps": args.pretrain_steps}
     init = {"address": args.address, "include_dashboard": False, "log_to_driver": False, "logging_level": "warning",
             "runtime_env": {"env_vars": {"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}}}
     if not args.address:

@@ -31,6 +31,7 @@ class ClassifierRecipe:
     batch: int = 128
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    flip: bool = False  # random horizontal flips (natural images; never digits)
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,13 @@ class Profile:
     ua_target: float = 0.9  # time-to-target threshold on the probe UA
     ttt_resolution: float = 0.02  # weight snapshots for the time-to-target bisection, as a fraction of the budget
     fid_backend: str = "torch-fidelity"
+    eval_batch: int = 1000  # images per sampler / classifier batch (memory, not results: noise is per image)
     description: str = ""
+    # a profile may shrink the task itself (smoke profiles of the real tasks run on a CPU in tests)
+    unet_config: dict | None = None  # replaces the task's U-Net config
+    classifier_arch: dict | None = None  # replaces the task's classifier architecture
+    classifier_epochs: int | None = None  # replaces the classifier recipe's epochs
+    max_per_class: int | None = None  # keep the first N training (and N // 5 test) images of each class
 
 
 class Splits(NamedTuple):
@@ -57,6 +64,7 @@ class Splits(NamedTuple):
     train_y: Tensor  # int64
     test_x: Tensor
     test_y: Tensor
+    info: dict = {}  # data_source, dataset_variant, data_sha256 and reader details (recorded in every row)
 
 
 @dataclass
@@ -74,6 +82,9 @@ class Task:
     fid_features: str = "task-classifier"
     weights_evaluated: str = "raw"  # raw weights for multi-step methods (SalUn/SFR-on CIFAR-10 protocol)
     notes: dict[str, str] = field(default_factory=dict)
+    arch: str = "diffusers-unet"  # "reference-unet" (protocol.md §1.1) or "diffusers-unet"
+    classifier_arch: dict = field(default_factory=lambda: {"kind": "small-cnn"})
+    data_source: str = "built in"  # what `bench list tasks` says about where the data come from
 
     @property
     def num_classes(self) -> int:
@@ -83,11 +94,13 @@ class Task:
         """The fixed "next" class: RL/SalUn pseudo-label and the SFD/PECKER override class."""
         return (forget + 1) % self.num_classes
 
-    def load_splits(self) -> Splits:  # pragma: no cover - implemented by each task
+    def load_splits(self, data_root=None, cache_root=None) -> Splits:  # pragma: no cover - per task
         raise NotImplementedError
 
-    def make_classifier(self) -> nn.Module:  # pragma: no cover - implemented by each task
-        raise NotImplementedError
+    def make_classifier(self) -> nn.Module:
+        from bench.models.classifiers import build_classifier
+
+        return build_classifier(self.classifier_arch, self.channels, self.num_classes)
 
     def profile(self, name: str) -> Profile:
         from bench.errors import BenchError
@@ -99,6 +112,9 @@ class Task:
 
 TASKS: Registry[Task] = Registry("task")
 TASKS.add("digits-class", "bench.tasks.digits:DIGITS")
+TASKS.add("fashion-mnist-class", "bench.tasks.fashion_mnist:FASHION_MNIST")
+TASKS.add("cifar10-class", "bench.tasks.cifar10:CIFAR10")
+TASKS.add("stl10-class", "bench.tasks.stl10:STL10")
 
 
 def get_task(name: str) -> Task:

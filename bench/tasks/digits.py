@@ -31,7 +31,7 @@ PAPER_RECIPE = Recipe(steps=3200, batch=128, lr=1e-3, optimizer="adamw", weight_
 
 
 class DigitsTask(Task):
-    def load_splits(self) -> Splits:
+    def load_splits(self, data_root=None, cache_root=None) -> Splits:
         d = load_digits()
         x = (d.images.astype(np.float32) / 16.0) * 2.0 - 1.0
         y = d.target.astype(np.int64)
@@ -39,7 +39,8 @@ class DigitsTask(Task):
         tr, te = train_test_split(idx, test_size=0.2, stratify=y, random_state=SPLIT_SEED)
         xt = torch.from_numpy(x).unsqueeze(1)
         yt = torch.from_numpy(y)
-        return Splits(xt[np.sort(tr)], yt[np.sort(tr)], xt[np.sort(te)], yt[np.sort(te)])
+        info = {"data_source": "sklearn.datasets.load_digits (bundled)", "dataset_variant": self.dataset_variant}
+        return Splits(xt[np.sort(tr)], yt[np.sort(tr)], xt[np.sort(te)], yt[np.sort(te)], info)
 
     def make_classifier(self) -> SmallClassifier:
         return SmallClassifier(self.channels, self.num_classes)

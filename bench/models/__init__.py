@@ -1,0 +1,1 @@
+"""Networks: diffusion U-Nets, checkpoint formats, classifiers."""
