@@ -295,13 +295,13 @@ class DriverProbe:
     the table's FID follows ``--fid-backend``)."""
 
     def __init__(self, assets: Assets, forget: int, seed: int) -> None:
-        from bench.diffusion import to_uint8
+        from bench.metric import real_remain
 
         p = assets.profile
         self.n, self.forget, self.seed = p.probe_n, forget, seed + PROBE_SEED_OFFSET
         remain = [c for c in range(assets.task.num_classes) if c != forget]
         self.labels = torch.tensor([forget] * p.probe_n + [c for c in remain for _ in range(p.probe_n // 2)])
-        self.real = to_uint8(assets.splits.train_x[assets.splits.train_y != forget])
+        self.real = real_remain(assets, forget)
         self.clf = assets.classifier()
 
     def _ua(self, imgs: torch.Tensor) -> float:

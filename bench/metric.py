@@ -43,10 +43,19 @@ class EvalContext:
         return self.cache[key]
 
     def real_remain(self) -> Tensor:
-        """Real remaining-class training images (uint8) — the FID reference set."""
-        s = self.assets.splits
-        keep = s.train_y != self.forget_class
-        return ((s.train_x[keep].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        """Real remaining-class training images (uint8) — the FID reference set (the first
+        ``fid_ref_per_class`` of each remaining class in file order when the profile sets it)."""
+        return real_remain(self.assets, self.forget_class)
+
+
+def real_remain(assets: Assets, forget_class: int) -> Tensor:
+    s = assets.splits
+    keep = s.train_y != forget_class
+    n = assets.profile.fid_ref_per_class
+    if n:
+        idx = [torch.nonzero(s.train_y == c).flatten()[:n] for c in range(assets.task.num_classes) if c != forget_class]
+        keep = torch.sort(torch.cat(idx)).values
+    return ((s.train_x[keep].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 class Metric:

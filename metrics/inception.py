@@ -547,7 +547,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--mode", choices=MODES, default="legacy_tensorflow")
         p.add_argument("--device", default="cpu")
+        p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args(argv)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     try:
         if args.cmd == "find":
             src = find_inception(args.weights)

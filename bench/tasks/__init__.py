@@ -51,6 +51,7 @@ class Profile:
     ttt_resolution: float = 0.02  # weight snapshots for the time-to-target bisection, as a fraction of the budget
     fid_backend: str = "torch-fidelity"
     eval_batch: int = 1000  # images per sampler / classifier batch (memory, not results: noise is per image)
+    fid_ref_per_class: int | None = None  # FID reference: the first N training images of each remaining class (None: all)
     description: str = ""
     # a profile may shrink the task itself (smoke profiles of the real tasks run on a CPU in tests)
     unet_config: dict | None = None  # replaces the task's U-Net config

@@ -7,7 +7,7 @@ distribution, never to be placed next to paper numbers).
 
 Profiles: ``paper`` is the protocol (1000-step generalized sampler with eta 1, w = 2, 5,000 samples per
 remaining class, the reference recipe's 800,000 pretraining iterations); ``fast`` is a GPU profile
-(100-step DDIM, 500 samples per class, a shorter pretraining with a cosine decay); ``smoke`` shrinks the
+(50-step DDIM, 250 samples per remaining class, a shorter pretraining with a cosine decay); ``smoke`` shrinks the
 network and the data so that tests run it on a CPU.
 """
 
@@ -39,7 +39,7 @@ CIFAR10 = ImageTask(
     unet_config=CIFAR10_CONFIG,
     arch="reference-unet",
     classifier_arch=CLASSIFIER,
-    classifier_recipe=ClassifierRecipe(epochs=15, batch=256, lr=2e-3, weight_decay=5e-4, flip=True),
+    classifier_recipe=ClassifierRecipe(epochs=8, batch=256, lr=2e-3, weight_decay=5e-4, flip=True),
     data_source="--data-root (cifar-10-python.tar.gz, cifar-10-batches-py/ or an image-folder tree), or the cache",
     dataset="cifar10",
     profiles={
@@ -47,9 +47,9 @@ CIFAR10 = ImageTask(
                          n_per_class=4, n_probes=1, probe_n=8, unet_config=SMOKE_UNET,
                          classifier_arch={"kind": "small-cnn"}, classifier_epochs=3, max_per_class=20,
                          eval_batch=128, description="tests only: 20 images per class, a tiny U-Net"),
-        "fast": Profile("fast", pretrain=FAST_RECIPE, sampler_steps=100, guidance=2.0, eta=0.0, n_ua=500,
-                        n_per_class=500, n_probes=4, probe_n=128, eval_batch=1000,
-                        description="GPU: 100-step DDIM, w=2, 500 samples per class"),
+        "fast": Profile("fast", pretrain=FAST_RECIPE, sampler_steps=50, guidance=2.0, eta=0.0, n_ua=500,
+                        n_per_class=250, n_probes=2, probe_n=64, eval_batch=1000, fid_ref_per_class=500,
+                        description="GPU: 50-step DDIM, w=2, 500 forget-class and 250 per remaining class"),
         "paper": Profile("paper", pretrain=PAPER_RECIPE, sampler_steps=1000, guidance=2.0, eta=1.0, n_ua=500,
                          n_per_class=5000, n_probes=4, probe_n=128, eval_batch=1000,
                          description="protocol: 1000-step generalized sampler (eta=1), w=2, 5,000 per class"),
