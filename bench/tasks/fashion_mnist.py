@@ -2,7 +2,7 @@
 
 Data: Debian's ``dataset-fashion-mnist`` package, the IDX files anywhere under ``--data-root``, an
 image-folder tree, or the harness cache. The base model is the reference U-Net topology scaled down as
-protocol.md §9 suggests (one residual block per level, widths 32-64-64, attention at 7x7); the UA
+protocol.md §9 suggests (one residual block per level, widths 16-32-64, attention at 7x7); the UA
 classifier is a narrow timm ResNet (one basic block per stage, widths 16-128) with the small-image stem.
 """
 
@@ -12,7 +12,7 @@ from bench.datasets import CLASS_NAMES
 from bench.tasks import ClassifierRecipe, Profile, Recipe
 from bench.tasks.images import ImageTask
 
-UNET = {"ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "attn_resolutions": [7], "dropout": 0.1,
+UNET = {"ch": 16, "ch_mult": [1, 2, 4], "num_res_blocks": 1, "attn_resolutions": [7], "dropout": 0.1,
         "resolution": 28, "in_channels": 1, "out_channels": 1, "norm_groups": 8}
 SMOKE_UNET = {"ch": 16, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0,
               "resolution": 28, "in_channels": 1, "out_channels": 1, "norm_groups": 4}
@@ -35,7 +35,7 @@ FASHION_MNIST = ImageTask(
     unet_config=UNET,
     arch="reference-unet",
     classifier_arch=CLASSIFIER,
-    classifier_recipe=ClassifierRecipe(epochs=5, batch=128, lr=3e-3, weight_decay=5e-4, flip=True),
+    classifier_recipe=ClassifierRecipe(epochs=4, batch=128, lr=3e-3, weight_decay=5e-4, flip=True),
     data_source="--data-root (IDX files or image folders), Debian's dataset-fashion-mnist, or the cache",
     dataset="fashion-mnist",
     profiles={
@@ -44,9 +44,9 @@ FASHION_MNIST = ImageTask(
                          classifier_arch={"kind": "small-cnn"}, classifier_epochs=5, max_per_class=60,
                          eval_batch=256,
                          description="tests only: 60 images per class, a 2-level U-Net, the small CNN"),
-        "fast": Profile("fast", pretrain=FAST_RECIPE, sampler_steps=20, guidance=0.5, eta=0.0, n_ua=100,
-                        n_per_class=50, n_probes=6, probe_n=32, eval_batch=500,
-                        description="CPU default: 20-step DDIM, w=0.5, 100 forget / 50 per remaining class"),
+        "fast": Profile("fast", pretrain=FAST_RECIPE, sampler_steps=10, guidance=0.5, eta=0.0, n_ua=100,
+                        n_per_class=30, n_probes=2, probe_n=16, eval_batch=500, fid_ref_per_class=1000,
+                        description="CPU default: 10-step DDIM, w=0.5, 100 forget / 30 per remaining class"),
         "paper": Profile("paper", pretrain=PAPER_RECIPE, sampler_steps=1000, guidance=0.5, eta=1.0, n_ua=500,
                          n_per_class=500, n_probes=10, probe_n=64, eval_batch=1000,
                          description="reference sampler (1000 steps, eta=1), 500 samples per class"),
