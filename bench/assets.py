@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from bench.data import batch_stream
 from bench.diffusion import Diffusion
 from bench.errors import BenchError
-from bench.hashing import atomic_write_json, content_hash, file_sha256, make_temp_dir
+from bench.hashing import atomic_file, atomic_write_json, content_hash, file_sha256, make_temp_dir
 from bench.measure import PeakMemory, Stopwatch
 from bench.models.factory import build_unet, load_unet
 from bench.nets import count_params
@@ -183,20 +183,50 @@ class Assets:
         if exclude_class is not None:
             x, y = x[y != exclude_class], y[y != exclude_class]
         net = self.new_model().to(self.device)
-        stream = batch_stream(x, y, recipe.batch, self.training_seed, self.device)
         what = "pretrain" if exclude_class is None else f"retrain without class {exclude_class}"
+        # a killed run resumes from its last checkpoint (beside the cache folder it is building)
+        partial = out.parent / ".partial" / f"{out.name.lstrip('.').rsplit('.', 1)[0]}.pt"
+        start, state, earlier_s = 0, None, 0.0
+        if partial.is_file():
+            try:
+                state = torch.load(partial, map_location="cpu", weights_only=True)
+                net.load_state_dict(state["model"])
+                start, earlier_s = int(state["step"]), float(state["seconds"])
+                torch.set_rng_state(state["rng"])
+                if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+                    torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+                print(f"bench: resuming the {what} of {self.task.name} at step {start}", file=sys.stderr)
+            except Exception as exc:  # noqa: BLE001 - a damaged checkpoint only costs the work it held
+                print(f"bench: ignoring unreadable checkpoint {partial} ({exc})", file=sys.stderr)
+                net, start, state, earlier_s = self.new_model().to(self.device), 0, None, 0.0
+        stream = batch_stream(x, y, recipe.batch, self.training_seed, self.device, skip=start)
+        every = max(1, recipe.steps // 20) if recipe.steps >= 200 else 0
+
+        def checkpoint(step: int, net_: torch.nn.Module, opt, ema_) -> None:
+            blob = {"model": {k: v.detach().cpu() for k, v in net_.state_dict().items()}, "step": step,
+                    "optimizer": opt.state_dict(), "ema": ema_.state_dict(), "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+                    "seconds": earlier_s + watch.elapsed}
+            with atomic_file(partial, "wb") as f:
+                torch.save(blob, f)
+
         with PeakMemory(self.device) as mem:
             watch = Stopwatch(self.device)
             watch.start()
             net, ema = train_diffusion(net, self.diffusion, stream, recipe,
                                        desc=f"{what} {self.task.name} (base seed {self.base_seed})",
-                                       precision=self.precision)
-            secs = watch.stop()
+                                       precision=self.precision, start=start,
+                                       opt_state=state["optimizer"] if state else None,
+                                       ema_state=state["ema"] if state else None,
+                                       on_checkpoint=checkpoint, checkpoint_every=every)
+            secs = earlier_s + watch.stop()
+        partial.unlink(missing_ok=True)
         net.save(out / "raw")
         ema.copy_to(net.parameters())
         net.save(out / "ema")
         return {"kind": "base" if exclude_class is None else "retrain",
                 "key": self.base_key(recipe, exclude_class), "train_seconds": secs, "steps": recipe.steps,
+                "resumed_at": start,
                 "peak_mem_mb": mem.peak_mb, "peak_mem_kind": mem.kind, "device": str(self.device),
                 "params": count_params(net), "created": time.time()}
 

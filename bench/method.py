@@ -98,6 +98,11 @@ def resolve_config(cls: type[Method], task: str, profile: str, overrides: dict[s
     merged.update(cls.task_defaults(task_obj, profile_obj) if task_obj is not None else {})
     merged.update(cls.presets.get(profile, {}))
     merged.update(cls.presets.get(f"{task}:{profile}", {}))
+    # a profile may shrink every method's sizes ("*": only options the method has) or one method's
+    names = {f.name for f in dataclasses.fields(cls.Config)}
+    shrink = getattr(profile_obj, "method_overrides", None) or {}
+    merged.update({k: v for k, v in shrink.get("*", {}).items() if k in names})
+    merged.update(shrink.get(cls.name, {}))
     merged.update(overrides or {})
     if iters is not None:
         if iters < 0:

@@ -72,6 +72,24 @@ def _extractor_name(classifier: nn.Module, tag: str) -> str:
     return name
 
 
+class ClassifierFeatures:
+    """Penultimate features of the task classifier as an (N, D) float64 array, in batches on the
+    classifier's device; ``cache_key`` names the classifier's weights (for cached reference statistics)."""
+
+    def __init__(self, classifier: nn.Module, tag: str, batch_size: int = 1000) -> None:
+        self.net, self.tag, self.batch_size = classifier, tag, batch_size
+
+    def cache_key(self) -> dict:
+        return {"extractor": "task-classifier-penultimate", "weights": self.tag}
+
+    @torch.inference_mode()
+    def __call__(self, images: Tensor) -> np.ndarray:
+        dev = next(self.net.parameters()).device
+        out = [self.net.features(images[s:s + self.batch_size].to(dev).float() / 127.5 - 1.0).double().cpu()
+               for s in range(0, len(images), self.batch_size)]
+        return torch.cat(out).numpy()
+
+
 def torch_fidelity_metrics(generated: Tensor, reference: Tensor, classifier: nn.Module, tag: str,
                            kid: bool = True, prc: bool = True) -> dict[str, float]:
     """FID (and KID, precision/recall) with ``generated`` as input1 and ``reference`` as input2."""

@@ -31,7 +31,7 @@ def _worker_driver(ctx: dict):
     """The worker process's Driver for this sweep's settings, created once and kept (assets stay loaded)."""
     key = (ctx["out"], ctx["cache"], ctx["device"], ctx["task"], ctx["fid_backend"], tuple(ctx["plugins"]),
            ctx.get("precision"), ctx.get("data_root"), ctx.get("base_model"), ctx.get("base_weights"),
-           ctx.get("pretrain_steps"))
+           ctx.get("pretrain_steps"), ctx.get("fid_features"), ctx.get("inception_weights"), ctx.get("paper_compat"))
     if key not in _DRIVERS:
         import torch
 
@@ -43,7 +43,7 @@ def _worker_driver(ctx: dict):
         _quiet_libraries()
         torch.set_num_threads(max(1, int(ctx["threads"])))
         load_all(ctx["plugins"])
-        task = resolve_task(ctx["task"], ctx["fid_backend"])
+        task = resolve_task(ctx["task"], ctx["fid_backend"], ctx.get("fid_features"), bool(ctx.get("paper_compat")))
         from bench.precision import parse_precision
 
         opt = ctx.get
@@ -51,7 +51,8 @@ def _worker_driver(ctx: dict):
                                log=lambda m: None, task_override=task, precision=parse_precision(opt("precision")),
                                data_root=Path(opt("data_root")) if opt("data_root") else None,
                                base_model=Path(opt("base_model")) if opt("base_model") else None,
-                               base_weights=opt("base_weights") or "ema", pretrain_steps=opt("pretrain_steps"))
+                               base_weights=opt("base_weights") or "ema", pretrain_steps=opt("pretrain_steps"),
+                               inception_weights=opt("inception_weights"))
     return _DRIVERS[key]
 
 
@@ -115,7 +116,9 @@ def run_sweep(args) -> int:
            "plugins": [str(Path(p).resolve()) for p in args.plugins], "precision": args.precision,
            "data_root": str(Path(args.data_root).resolve()) if args.data_root else None,
            "base_model": str(Path(args.base_model).resolve()) if args.base_model else None,
-           "base_weights": args.base_weights, "pretrain_steps": args.pretrain_steps}
+           "base_weights": args.base_weights, "pretrain_steps": args.pretrain_steps,
+           "fid_features": args.fid_features, "inception_weights": args.inception_weights,
+           "paper_compat": args.paper_compat}
     init = {"address": args.address, "include_dashboard": False, "log_to_driver": False, "logging_level": "warning",
             "runtime_env": {"env_vars": {"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}}}
     if not args.address:

@@ -51,13 +51,29 @@ class Profile:
     ttt_resolution: float = 0.02  # weight snapshots for the time-to-target bisection, as a fraction of the budget
     fid_backend: str = "torch-fidelity"
     eval_batch: int = 1000  # images per sampler / classifier batch (memory, not results: noise is per image)
-    fid_ref_per_class: int | None = None  # FID reference: the first N training images of each remaining class (None: all)
+    fid_features: str | None = None  # "task-classifier" or "inception-v3" (None: the task's)
+    # the SA/SalUn/SFR-on evaluation quirks for Inception FID: each image min-max stretched before
+    # quantisation, and fed to Inception as BGR (protocol.md §3.4, §5.3)
+    paper_compat: bool = False
+    # FID reference set: the first N training images of each remaining class (None: all of them)
+    fid_ref_per_class: int | None = None
     description: str = ""
     # a profile may shrink the task itself (smoke profiles of the real tasks run on a CPU in tests)
     unet_config: dict | None = None  # replaces the task's U-Net config
     classifier_arch: dict | None = None  # replaces the task's classifier architecture
     classifier_epochs: int | None = None  # replaces the classifier recipe's epochs
     max_per_class: int | None = None  # keep the first N training (and N // 5 test) images of each class
+    # per-method option overrides applied after the methods' own presets; "*" applies to every method
+    # that has the option (smoke profiles of the real tasks shrink batches and replay sets)
+    method_overrides: dict | None = None
+
+
+# what the real tasks' smoke profiles give every method: the pipeline runs, at the smallest sizes
+SMOKE_METHOD_SIZES = {
+    "*": {"batch": 8, "fisher_batch": 8},
+    "sa": {"n_replay": 2, "fim_images": 2, "fim_timesteps": 4},
+    "ebu": {"n_replay": 2, "fim_images": 2, "fim_timesteps": 4},
+}
 
 
 class Splits(NamedTuple):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from bench.datasets import CLASS_NAMES
 from bench.models.refunet import CIFAR10_CONFIG
-from bench.tasks import ClassifierRecipe, Profile, Recipe
+from bench.tasks import SMOKE_METHOD_SIZES, ClassifierRecipe, Profile, Recipe
 from bench.tasks.images import ImageTask
 
 SMOKE_UNET = {"ch": 16, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [16], "dropout": 0.0,
@@ -46,7 +46,8 @@ CIFAR10 = ImageTask(
         "smoke": Profile("smoke", pretrain=SMOKE_RECIPE, sampler_steps=5, guidance=2.0, eta=0.0, n_ua=16,
                          n_per_class=4, n_probes=1, probe_n=8, unet_config=SMOKE_UNET,
                          classifier_arch={"kind": "small-cnn"}, classifier_epochs=3, max_per_class=20,
-                         eval_batch=128, description="tests only: 20 images per class, a tiny U-Net"),
+                         eval_batch=128, method_overrides=SMOKE_METHOD_SIZES,
+                         description="tests only: 20 images per class, a tiny U-Net"),
         "fast": Profile("fast", pretrain=FAST_RECIPE, sampler_steps=50, guidance=2.0, eta=0.0, n_ua=500,
                         n_per_class=250, n_probes=2, probe_n=64, eval_batch=1000, fid_ref_per_class=500,
                         description="GPU: 50-step DDIM, w=2, 500 forget-class and 250 per remaining class"),

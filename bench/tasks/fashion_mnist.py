@@ -9,7 +9,7 @@ classifier is a narrow timm ResNet (one basic block per stage, widths 16-128) wi
 from __future__ import annotations
 
 from bench.datasets import CLASS_NAMES
-from bench.tasks import ClassifierRecipe, Profile, Recipe
+from bench.tasks import SMOKE_METHOD_SIZES, ClassifierRecipe, Profile, Recipe
 from bench.tasks.images import ImageTask
 
 UNET = {"ch": 16, "ch_mult": [1, 2, 4], "num_res_blocks": 1, "attn_resolutions": [7], "dropout": 0.1,
@@ -20,7 +20,7 @@ CLASSIFIER = {"kind": "timm", "model": "resnet18", "layers": [1, 1, 1, 1], "chan
 
 FAST_RECIPE = Recipe(steps=1500, batch=128, lr=1e-3, optimizer="adamw", clip=1.0, p_drop=0.1, ema=0.999,
                      lr_schedule="cosine")
-SMOKE_RECIPE = Recipe(steps=300, batch=64, lr=2e-3, optimizer="adamw", clip=1.0, p_drop=0.1, ema=0.99,
+SMOKE_RECIPE = Recipe(steps=80, batch=32, lr=2e-3, optimizer="adamw", clip=1.0, p_drop=0.1, ema=0.99,
                       lr_schedule="cosine")
 PAPER_RECIPE = Recipe(steps=6000, batch=128, lr=1e-3, optimizer="adamw", clip=1.0, p_drop=0.1, ema=0.9995,
                       lr_schedule="cosine")
@@ -43,6 +43,7 @@ FASHION_MNIST = ImageTask(
                          n_per_class=8, n_probes=2, probe_n=16, unet_config=SMOKE_UNET,
                          classifier_arch={"kind": "small-cnn"}, classifier_epochs=5, max_per_class=60,
                          eval_batch=256,
+                         method_overrides=SMOKE_METHOD_SIZES,
                          description="tests only: 60 images per class, a 2-level U-Net, the small CNN"),
         "fast": Profile("fast", pretrain=FAST_RECIPE, sampler_steps=10, guidance=0.5, eta=0.0, n_ua=100,
                         n_per_class=30, n_probes=2, probe_n=16, eval_batch=500, fid_ref_per_class=1000,

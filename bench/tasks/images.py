@@ -57,6 +57,9 @@ class ImageTask(Task):
             x, y = np.concatenate([tx, vx]), np.concatenate([ty, vy])
             perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.split_seed)).numpy()
             n_train, n_test = self.combine_split
+            if len(x) < n_train + n_test:  # a smaller copy (test fixtures): keep the same proportions
+                n_train = round(len(x) * n_train / (n_train + self.combine_split[1]))
+                n_test = len(x) - n_train
             tr, te = np.sort(perm[:n_train]), np.sort(perm[n_train:n_train + n_test])
             tx, ty, vx, vy = x[tr], y[tr], x[te], y[te]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bench.datasets import CLASS_NAMES
 from bench.models.refunet import STL10_CONFIG
-from bench.tasks import ClassifierRecipe, Profile, Recipe
+from bench.tasks import SMOKE_METHOD_SIZES, ClassifierRecipe, Profile, Recipe
 from bench.tasks.images import ImageTask
 
 SMOKE_UNET = {"ch": 16, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "attn_resolutions": [16], "dropout": 0.0,
@@ -44,7 +44,8 @@ STL10 = ImageTask(
         "smoke": Profile("smoke", pretrain=SMOKE_RECIPE, sampler_steps=5, guidance=2.0, eta=0.0, n_ua=8,
                          n_per_class=2, n_probes=1, probe_n=4, unet_config=SMOKE_UNET,
                          classifier_arch={"kind": "small-cnn"}, classifier_epochs=2, max_per_class=10,
-                         eval_batch=64, description="tests only: 10 images per class, a tiny U-Net"),
+                         eval_batch=64, method_overrides=SMOKE_METHOD_SIZES,
+                         description="tests only: 10 images per class, a tiny U-Net"),
         "fast": Profile("fast", pretrain=FAST_RECIPE, sampler_steps=100, guidance=2.0, eta=0.0, n_ua=500,
                         n_per_class=500, n_probes=4, probe_n=64, eval_batch=500,
                         description="GPU: 100-step DDIM, w=2, 500 samples per class"),

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         t = torch.full((sb,), 500, device=device, dtype=torch.long)
         net.eval()
 
-        def step():
+        def step(run=run, x=x, t=t, c=c, prec=prec):
             with torch.inference_mode(), prec.autocast(device):
                 diffusion.cfg_eps(run, x, t, c, w)
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         xb = torch.randn(tb, *shape, device=device)
         yb = torch.randint(0, task.num_classes, (tb,), device=device)
 
-        def train_step():
+        def train_step(run=run, xb=xb, yb=yb, prec=prec, opt=opt, net=net):
             with prec.autocast(device):
                 loss = diffusion.simple_loss(run, xb, yb, p_drop=0.1)
             opt.zero_grad(set_to_none=True)
