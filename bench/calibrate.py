@@ -87,3 +87,44 @@ def write_curve(df: pd.DataFrame, folder: Path, title: str, suffix: str = "") ->
     fig.tight_layout()
     save_png(fig, folder / f"base_curve{suffix}.png", dpi=110)
     return md
+
+
+def guidance_sweep(assets, weights_list: tuple[str, ...], ws: list[float], n_per_class: int, seed: int,
+                   forget: int) -> pd.DataFrame:
+    """``bench pretrain --guidance-sweep``: the base model sampled with the profile's sampler at several
+    guidance weights, scored by the task classifier (per-class accuracy, the forget class's UA and the
+    retained accuracy over the other classes): the calibration rule asks for UA <= 0.2 and retained
+    accuracy >= 0.8 before any method is compared."""
+    import torch
+
+    from bench.diffusion import from_uint8
+    from bench.generators import DiffusionSampler
+    from bench.train import predict
+
+    p, k = assets.profile, assets.task.num_classes
+    clf = assets.classifier()
+    labels = torch.arange(k).repeat_interleave(n_per_class)
+    rows = []
+    for weights in weights_list:
+        net = assets.base(weights)
+        for w in ws:
+            imgs = DiffusionSampler(net, assets.diffusion, p.sampler_steps, w, p.eta, assets.image_shape,
+                                    batch_size=p.eval_batch).sample(labels, seed=seed)
+            pred = predict(clf, from_uint8(imgs), batch=p.eval_batch).argmax(1)
+            acc = [float((pred[labels == c] == c).float().mean()) for c in range(k)]
+            rest = [a for c, a in enumerate(acc) if c != forget]
+            rows.append({"weights": weights, "w": w, "ua_forget": 1 - acc[forget],
+                         "retain_acc": sum(rest) / len(rest), **{f"acc_{c}": a for c, a in enumerate(acc)}})
+    return pd.DataFrame(rows)
+
+
+def write_guidance_sweep(df: pd.DataFrame, folder: Path, title: str) -> str:
+    lines = [f"# {title}", "", "| weights | w | UA (forget class) | retain acc | per-class accuracy |",
+             "|---|---|---|---|---|"]
+    for r in df.to_dict("records"):
+        per = " ".join(f"{r[c]:.2f}" for c in sorted(k for k in r if k.startswith("acc_")))
+        lines.append(f"| {r['weights']} | {r['w']:g} | {r['ua_forget']:.3f} | {r['retain_acc']:.3f} | {per} |")
+    text = "\n".join(lines) + "\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "guidance_sweep.md", text)
+    return text

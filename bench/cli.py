@@ -153,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
                     help="with --curve: use this learning-rate schedule instead of the task's (files get a suffix)")
     pt.add_argument("--data-root", default=None, metavar="PATH", help="dataset files (see 'run --help')")
+    pt.add_argument("--guidance-sweep", default=None, metavar="W,W,...",
+                    help="then sample the base model at these guidance weights (raw and EMA weights), score them "
+                         "with the task classifier and write <out>/<task>/guidance_sweep.md")
+    pt.add_argument("--sweep-samples", type=int, default=40, metavar="N",
+                    help="with --guidance-sweep: images per class")
     pt.add_argument("--steps", type=int, default=None, metavar="N",
                     help="pretraining iterations (default: the profile's recipe); same as run's --pretrain-steps")
     pt.add_argument("--precision", default="fp32", metavar="OPTS", help="as for run")
@@ -255,6 +260,20 @@ def cmd_pretrain(args) -> int:
             save_reference_checkpoint(assets.base("raw"), Path(args.export), ema_state=ema.state_dict(),
                                       step=int(assets.base_meta["steps"]))
             print(f"wrote {args.export} (reference format: [model_state, optimizer_state, step, ema_shadow])")
+        if args.guidance_sweep:
+            from bench.calibrate import guidance_sweep, write_guidance_sweep
+            from bench.paths import ensure_writable_dir
+
+            try:
+                ws = [float(v) for v in args.guidance_sweep.split(",") if v.strip()]
+            except ValueError:
+                raise BenchError(f"--guidance-sweep expects numbers like 0.5,1,2, "
+                                 f"got {args.guidance_sweep!r}") from None
+            df = guidance_sweep(assets, ("raw", "ema"), ws, args.sweep_samples, seed=5, forget=task.default_forget)
+            out = ensure_writable_dir(Path(args.out), "--out") / task.name
+            print(write_guidance_sweep(df, out, f"{task.name}: base model (base seed {b}, {profile.pretrain.steps} "
+                                                f"steps) vs guidance weight; {profile.sampler_steps}-step sampler, "
+                                                f"eta {profile.eta}, {args.sweep_samples} images per class"))
     return 0
 
 

@@ -50,5 +50,10 @@ def environment(device: torch.device) -> dict:
         "torch_threads": torch.get_num_threads(),
         "deterministic": torch.are_deterministic_algorithms_enabled(),
         **{f"v_{p}": _version(p) for p in ("torch", "diffusers", "torch-fidelity", "clean-fid", "numpy",
-                                           "scikit-learn", "pandas")},
+                                           "scikit-learn", "pandas", "timm")},
+        "v_cuda": torch.version.cuda or "none",
+        "v_cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
     }
