@@ -77,7 +77,7 @@ class UnlearnContext:
         s = assets.splits
         self._xf, self._yf, self._xr, self._yr = split_by_class(s.train_x, s.train_y, forget_class)
         self.curve: list[dict[str, Any]] = []
-        self.logs: list[dict[str, Any]] = []
+        self._logs: list[dict[str, Any]] = []
         self.setup_seconds: float | None = None
         self.iterations_run = 0
         self.info: dict[str, Any] = {}  # facts a method reports about itself (mask fraction, EMA decay)
@@ -283,11 +283,22 @@ class UnlearnContext:
             self.info[k] = float(v.detach()) if isinstance(v, Tensor) else v
 
     def log(self, **values: float) -> None:
-        """Record scalars (losses, mask sparsity, ...) for this iteration; stored with the run."""
+        """Record scalars (losses, mask sparsity, ...) for this iteration; stored with the run.
+
+        Tensors stay on their device until :attr:`logs` is read, so logging never makes the host wait
+        for the GPU inside the unlearning loop."""
         row = {"iter": self.iterations_run}
         for k, v in values.items():
-            row[k] = float(v.detach()) if isinstance(v, Tensor) else v
-        self.logs.append(row)
+            row[k] = v.detach() if isinstance(v, Tensor) else v
+        self._logs.append(row)
+
+    @property
+    def logs(self) -> list[dict[str, Any]]:
+        for row in self._logs:
+            for k, v in row.items():
+                if isinstance(v, Tensor):
+                    row[k] = float(v)
+        return self._logs
 
     # --- outputs -----------------------------------------------------------------------------
     def sampler(self, net: nn.Module, weights: str = "raw") -> DiffusionSampler:

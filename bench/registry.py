@@ -70,7 +70,10 @@ class Registry(Generic[T]):
 
     def unknown(self, name: str) -> BenchError:
         lowered = {k.lower(): k for k in self._items}
-        near = [lowered[k] for k in difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.5)]
+        scored = sorted(((difflib.SequenceMatcher(None, name.lower(), k).ratio(), k) for k in lowered), reverse=True)
+        # names sharing a long suffix ("-class") all look alike: keep those about as close as the best
+        best = scored[0][0] if scored else 0.0
+        near = [lowered[k] for r, k in scored[:3] if r >= max(0.5, best - 0.1)]
         hint = f" Did you mean {', '.join(near)}?" if near else ""
         return BenchError(f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(self.names())}")
 

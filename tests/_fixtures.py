@@ -54,7 +54,7 @@ def write_stl_binary(root: Path, n_train_per_class: int = 10, n_test_per_class: 
     return d
 
 
-def write_fashion_idx(root: Path, n_train_per_class: int = 60, n_test_per_class: int = 12, seed: int = 0) -> Path:
+def write_fashion_idx(root: Path, n_train_per_class: int = 20, n_test_per_class: int = 4, seed: int = 0) -> Path:
     """Gzipped IDX files as Debian's dataset-fashion-mnist installs them."""
     root.mkdir(parents=True, exist_ok=True)
     for prefix, n, s in (("train", n_train_per_class, seed), ("t10k", n_test_per_class, seed + 1)):

@@ -62,7 +62,7 @@ def test_split_sizes_and_image_ranges(env):
     assert -1.0 <= float(a.splits.train_x.min()) and float(a.splits.train_x.max()) <= 1.0
     fm = env["drivers"]["fashion-mnist-class"]
     s = fm.assets(fm.get_task("fashion-mnist-class"), "smoke").splits
-    assert s.train_x.shape[1:] == (1, 28, 28) and torch.bincount(s.train_y).tolist() == [60] * 10
+    assert s.train_x.shape[1:] == (1, 28, 28) and torch.bincount(s.train_y).tolist() == [20] * 10
 
 
 def test_user_checkpoint_in_the_reference_format_reproduces_the_harness_base(env, tmp_path):
@@ -76,7 +76,7 @@ def test_user_checkpoint_in_the_reference_format_reproduces_the_harness_base(env
     harness_row = drv.run(CellSpec(task_name, "original", 0, 0, "smoke"))
     a = drv.assets(drv.get_task(task_name), "smoke")
     ckpt = tmp_path / "ckpt.pth"
-    save_reference_checkpoint(a.base("raw"), ckpt, ema_state=a.base("ema").state_dict(), step=300)
+    save_reference_checkpoint(a.base("raw"), ckpt, ema_state=a.base("ema").state_dict(), step=40)
     user = Driver(env["out"], "cpu", env["cache"], progress=False, log=lambda m: None,
                   data_root=env["data"][task_name], base_model=ckpt, base_weights="raw")
     row = user.run(CellSpec(task_name, "original", 0, 0, "smoke"))

@@ -26,7 +26,7 @@ PAPER_RECIPE = Recipe(steps=800_000, batch=128, lr=2e-4, optimizer="adam", clip=
                       lr_schedule="constant")
 FAST_RECIPE = Recipe(steps=40_000, batch=128, lr=2e-4, optimizer="adam", clip=1.0, p_drop=0.1, ema=0.9999,
                      lr_schedule="cosine")
-SMOKE_RECIPE = Recipe(steps=60, batch=32, lr=2e-3, optimizer="adamw", clip=1.0, p_drop=0.1, ema=0.9,
+SMOKE_RECIPE = Recipe(steps=30, batch=16, lr=2e-3, optimizer="adamw", clip=1.0, p_drop=0.1, ema=0.9,
                       lr_schedule="cosine")
 
 CIFAR10 = ImageTask(
@@ -43,8 +43,8 @@ CIFAR10 = ImageTask(
     data_source="--data-root (cifar-10-python.tar.gz, cifar-10-batches-py/ or an image-folder tree), or the cache",
     dataset="cifar10",
     profiles={
-        "smoke": Profile("smoke", pretrain=SMOKE_RECIPE, sampler_steps=5, guidance=2.0, eta=0.0, n_ua=16,
-                         n_per_class=4, n_probes=1, probe_n=8, unet_config=SMOKE_UNET,
+        "smoke": Profile("smoke", pretrain=SMOKE_RECIPE, sampler_steps=4, guidance=2.0, eta=0.0, n_ua=8,
+                         n_per_class=2, n_probes=1, probe_n=4, unet_config=SMOKE_UNET,
                          classifier_arch={"kind": "small-cnn"}, classifier_epochs=3, max_per_class=20,
                          eval_batch=128, method_overrides=SMOKE_METHOD_SIZES,
                          description="tests only: 20 images per class, a tiny U-Net"),

@@ -26,7 +26,7 @@ CLASSIFIER = {"kind": "timm", "model": "resnet18", "layers": [1, 1, 1, 1], "chan
 
 FAST_RECIPE = Recipe(steps=1500, batch=128, lr=1e-3, optimizer="adamw", clip=1.0, p_drop=0.1, ema=0.999,
                      lr_schedule="cosine")
-SMOKE_RECIPE = Recipe(steps=80, batch=32, lr=2e-3, optimizer="adamw", clip=1.0, p_drop=0.1, ema=0.99,
+SMOKE_RECIPE = Recipe(steps=40, batch=16, lr=2e-3, optimizer="adamw", clip=1.0, p_drop=0.1, ema=0.99,
                       lr_schedule="cosine")
 PAPER_RECIPE = Recipe(steps=6000, batch=128, lr=1e-3, optimizer="adamw", clip=1.0, p_drop=0.1, ema=0.9995,
                       lr_schedule="cosine")
@@ -45,12 +45,12 @@ FASHION_MNIST = ImageTask(
     data_source="--data-root (IDX files or image folders), Debian's dataset-fashion-mnist, or the cache",
     dataset="fashion-mnist",
     profiles={
-        "smoke": Profile("smoke", pretrain=SMOKE_RECIPE, sampler_steps=10, guidance=2.0, eta=0.0, n_ua=32,
-                         n_per_class=8, n_probes=2, probe_n=16, unet_config=SMOKE_UNET,
-                         classifier_arch={"kind": "small-cnn"}, classifier_epochs=5, max_per_class=60,
+        "smoke": Profile("smoke", pretrain=SMOKE_RECIPE, sampler_steps=4, guidance=2.0, eta=0.0, n_ua=8,
+                         n_per_class=2, n_probes=1, probe_n=4, unet_config=SMOKE_UNET,
+                         classifier_arch={"kind": "small-cnn"}, classifier_epochs=3, max_per_class=20,
                          eval_batch=256,
                          method_overrides=SMOKE_METHOD_SIZES,
-                         description="tests only: 60 images per class, a 2-level U-Net, the small CNN"),
+                         description="tests only: 20 images per class, a 2-level U-Net, the small CNN"),
         "fast": Profile("fast", pretrain=FAST_RECIPE, sampler_steps=10, guidance=2.0, eta=0.0, n_ua=100,
                         n_per_class=30, n_probes=2, probe_n=16, eval_batch=500, fid_ref_per_class=1000,
                         description="CPU default: 10-step DDIM, w=2, 100 forget / 30 per remaining class"),

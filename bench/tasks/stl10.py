@@ -21,7 +21,7 @@ PAPER_RECIPE = Recipe(steps=250_000, batch=128, lr=2e-4, optimizer="adam", clip=
                       lr_schedule="constant")
 FAST_RECIPE = Recipe(steps=30_000, batch=128, lr=2e-4, optimizer="adam", clip=1.0, p_drop=0.1, ema=0.9999,
                      lr_schedule="cosine")
-SMOKE_RECIPE = Recipe(steps=40, batch=16, lr=2e-3, optimizer="adamw", clip=1.0, p_drop=0.1, ema=0.9,
+SMOKE_RECIPE = Recipe(steps=20, batch=16, lr=2e-3, optimizer="adamw", clip=1.0, p_drop=0.1, ema=0.9,
                       lr_schedule="cosine")
 
 STL10 = ImageTask(
@@ -41,7 +41,7 @@ STL10 = ImageTask(
     resize=64,
     combine_split=(12_000, 1_000),
     profiles={
-        "smoke": Profile("smoke", pretrain=SMOKE_RECIPE, sampler_steps=5, guidance=2.0, eta=0.0, n_ua=8,
+        "smoke": Profile("smoke", pretrain=SMOKE_RECIPE, sampler_steps=4, guidance=2.0, eta=0.0, n_ua=8,
                          n_per_class=2, n_probes=1, probe_n=4, unet_config=SMOKE_UNET,
                          classifier_arch={"kind": "small-cnn"}, classifier_epochs=2, max_per_class=10,
                          eval_batch=64, method_overrides=SMOKE_METHOD_SIZES,
