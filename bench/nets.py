@@ -43,13 +43,17 @@ class CondUNet(nn.Module):
         return net
 
     def clone(self) -> CondUNet:
-        """A deep copy with no hooks attached (hooks belong to the copy's owner)."""
-        twin = copy.deepcopy(self)
-        for m in twin.modules():
-            m._forward_hooks.clear()
-            m._backward_hooks.clear()
-            m._forward_pre_hooks.clear()
-        return twin
+        return clone_without_hooks(self)
+
+
+def clone_without_hooks(net: nn.Module) -> nn.Module:
+    """A deep copy with no hooks attached (hooks belong to the copy's owner)."""
+    twin = copy.deepcopy(net)
+    for m in twin.modules():
+        m._forward_hooks.clear()
+        m._backward_hooks.clear()
+        m._forward_pre_hooks.clear()
+    return twin
 
 
 class SmallClassifier(nn.Module):

@@ -233,6 +233,21 @@ def _parse_cifar_batch(data: bytes | bytearray, where: str) -> tuple[np.ndarray,
     return x.astype(np.uint8).reshape(-1, 3, 32, 32), y.astype(np.int64)
 
 
+def _read_named(path: Path, names: tuple[str, ...], what: str) -> dict[str, tuple[bytes, str, str]]:
+    """``{name: (bytes, md5, where)}`` of the named files, from a ``.tar(.gz)`` read in place or a folder."""
+    if path.is_file():
+        got = _read_tar_members(path, names)
+        return {k: (v[0], v[1], f"{path}:{v[2]}") for k, v in got.items()}
+    blobs = {}
+    for n in names:
+        p = path / n
+        if not p.is_file():
+            raise BenchError(f"{what} {str(p)!r} is missing (need {', '.join(names)})")
+        data, md5 = _read_file_hashed(p)
+        blobs[n] = (data, md5, str(p))
+    return blobs
+
+
 def read_cifar10_batches(path: Path) -> ImageSet:
     """CIFAR-10 "python version": ``cifar-10-python.tar.gz`` (read in place) or the extracted
     ``cifar-10-batches-py/`` folder. Train is data_batch_1..5 in order; test is test_batch. Official
@@ -240,17 +255,7 @@ def read_cifar10_batches(path: Path) -> ImageSet:
     ``cifar10-batches-unverified``."""
     path = Path(path)
     names = tuple(CIFAR10_MD5)
-    if path.is_file():
-        got = _read_tar_members(path, names)
-        blobs = {k: (v[0], v[1], f"{path}:{v[2]}") for k, v in got.items()}
-    else:
-        blobs = {}
-        for n in names:
-            p = path / n
-            if not p.is_file():
-                raise BenchError(f"CIFAR-10 batch {str(p)!r} is missing (need {', '.join(names)})")
-            data, md5 = _read_file_hashed(p)
-            blobs[n] = (data, md5, str(p))
+    blobs = _read_named(path, names, "CIFAR-10 batch")
     parts = {n: _parse_cifar_batch(blobs[n][0], blobs[n][2]) for n in names}
     mismatched = [n for n in names if blobs[n][1] != CIFAR10_MD5[n]]
     train = [parts[f"data_batch_{i}"] for i in range(1, 6)]
@@ -289,17 +294,7 @@ def read_stl10_binary(path: Path) -> ImageSet:
     (see :func:`resize_images`). md5s all match → ``stl10-official``, else ``stl10-binary-unverified``."""
     path = Path(path)
     names = tuple(STL10_MD5)
-    if path.is_file():
-        got = _read_tar_members(path, names)
-        blobs = {k: (v[0], v[1], f"{path}:{v[2]}") for k, v in got.items()}
-    else:
-        blobs = {}
-        for n in names:
-            p = path / n
-            if not p.is_file():
-                raise BenchError(f"STL-10 file {str(p)!r} is missing (need {', '.join(names)})")
-            data, md5 = _read_file_hashed(p)
-            blobs[n] = (data, md5, str(p))
+    blobs = _read_named(path, names, "STL-10 file")
     split = {}
     for s in ("train", "test"):
         x = _parse_stl_x(blobs[f"{s}_X.bin"][0], blobs[f"{s}_X.bin"][2])

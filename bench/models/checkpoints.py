@@ -31,7 +31,6 @@ from torch import Tensor, nn
 
 from bench.errors import BenchError
 from bench.models.refunet import ARCH as REFERENCE_ARCH
-from bench.models.refunet import RefUNet
 
 DIFFUSERS_ARCH = "diffusers-unet"
 ARCHS = (REFERENCE_ARCH, DIFFUSERS_ARCH)
@@ -42,14 +41,9 @@ _SHOW = 5  # differing keys named in a mismatch message
 
 def build_model(task_arch: dict, num_classes: int) -> nn.Module:
     """A freshly initialised model of the task's architecture (``{"arch": ..., "config": {...}}``)."""
-    arch = task_arch.get("arch")
-    if arch == REFERENCE_ARCH:
-        return RefUNet(task_arch["config"], num_classes)
-    if arch == DIFFUSERS_ARCH:
-        from bench.nets import CondUNet
+    from bench.models.factory import build_unet
 
-        return CondUNet(task_arch["config"], num_classes)
-    raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
+    return build_unet(task_arch.get("arch"), task_arch["config"], num_classes)
 
 
 def load_base_model(path: str | os.PathLike, task_arch: dict, num_classes: int, weights: str = "ema") -> nn.Module:

@@ -13,7 +13,6 @@ guidance.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
@@ -313,9 +312,6 @@ class RefUNet(nn.Module):
 
     def clone(self) -> RefUNet:
         """A deep copy with no hooks attached (hooks belong to the copy's owner)."""
-        twin = copy.deepcopy(self)
-        for m in twin.modules():
-            m._forward_hooks.clear()
-            m._backward_hooks.clear()
-            m._forward_pre_hooks.clear()
-        return twin
+        from bench.nets import clone_without_hooks
+
+        return clone_without_hooks(self)
