@@ -93,6 +93,31 @@ def _grid_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--cache", default=None, help="asset cache (default: $BENCH_CACHE or ~/.cache/unlearn-bench)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     _data_arguments(r)
+    _concept_arguments(r)
+
+
+def _concept_arguments(r: argparse.ArgumentParser) -> None:
+    """Options of the concept tasks (sd-*): which concept, the user's SD folder, sharding, metric inputs."""
+    g = r.add_argument_group("concept tasks (sd-digits, sd-nudity, sd-object, sd-style, sd-celebrity)")
+    g.add_argument("--concept", default=None, metavar="NAME[,NAME]",
+                   help="concept(s) to forget by name, e.g. 'Van Gogh' (instead of --forget-class)")
+    g.add_argument("--shard", default=None, metavar="I/N",
+                   help="render only rows I::N of every evaluation set (split one evaluation across processes "
+                        "or machines); run once more without --shard to assemble the cell")
+    g.add_argument("--prompts-dir", default=None, metavar="DIR",
+                   help="folder of the prompt files (default: $BENCH_PROMPTS, then <cache>/prompts)")
+    g.add_argument("--base-label", default="", metavar="LABEL",
+                   help="what --base-model is, recorded in every row (sd-v1-4 or sd-v1-5)")
+    g.add_argument("--allow-pickle", action="store_true",
+                   help="accept .bin (pickled) weights in --base-model when no safetensors are present")
+    g.add_argument("--one-step-generator", default=None, metavar="DIR",
+                   help="SFD/PECKER on SD: the user's one-step generator (a diffusers UNet2DConditionModel)")
+    g.add_argument("--imagenet-classifier", default=None, metavar="FILE",
+                   help="sd-object: ResNet-50 ImageNet weights (torchvision .pth or safetensors)")
+    g.add_argument("--clip-model", default=None, metavar="DIR", help="a transformers CLIPModel folder (CLIP score)")
+    g.add_argument("--coco-images", default=None, metavar="DIR", help="COCO val2014 images (FID on COCO)")
+    g.add_argument("--yes", action="store_true",
+                   help="run a concept profile even when its estimated CPU time is long")
 
 
 def _data_arguments(r: argparse.ArgumentParser) -> None:
@@ -181,13 +206,17 @@ def cmd_list(args) -> int:
 
     load_all(args.plugins)
     if args.what == "methods":
-        print(f"{'method':10} {'status':15} {'data-free':9} {'output':10} citation")
+        print(f"{'method':10} {'status':15} {'data-free':9} {'output':10} {'tasks':14} citation")
         for name in METHODS.names():
             m = METHODS.get(name)
-            print(f"{name:10} {m.status:15} {'yes' if m.data_free else 'no':9} {m.output:10} {m.paper}")
+            kinds = ",".join(sorted(m.task_kinds))
+            print(f"{name:10} {m.status:15} {'yes' if m.data_free else 'no':9} {m.output:10} {kinds:14} {m.paper}")
     elif args.what == "tasks":
         for name in TASKS.names():
             t = get_task(name)
+            if getattr(t, "kind", "class") == "concept":
+                _list_concept_task(t)
+                continue
             print(f"{name}: {t.description}\n    {t.channels}x{t.image_size}x{t.image_size}, {t.num_classes} classes, "
                   f"base model {t.arch}; profiles: {', '.join(t.profiles)}; default forget class "
                   f"{t.default_forget} -> cover {t.cover_class(t.default_forget)}\n    data: {t.data_source}")
@@ -308,15 +337,27 @@ def plan_grid(args, threads: int | None = None):
     load_all(args.plugins)
     task = resolve_task(args.task, args.fid_backend, args.fid_features, args.paper_compat)
     task.profile(args.profile)
-    if (task.profile(args.profile).fid_features or task.fid_features) == "inception-v3":
+    kind = getattr(task, "kind", "class")
+    if kind == "class" and (task.profile(args.profile).fid_features or task.fid_features) == "inception-v3":
         from metrics.inception import find_inception
 
         find_inception(args.inception_weights)  # missing weights: one message before any work
     methods = METHODS.resolve_list(args.methods)
     if args.methods.strip().lower() == "all":  # reference rows first, so a partial run already has its anchors
+        from bench.method import supports
+
+        methods = [m for m in methods if supports(METHODS.get(m), kind)]
         methods.sort(key=lambda m: (not METHODS.get(m).reference_row, m))
+    if kind == "concept":
+        _check_concept_grid(args, task)
+    elif getattr(args, "concept", None) or getattr(args, "shard", None):
+        raise BenchError(f"--concept and --shard apply to concept tasks (sd-*); {task.name} is a class task")
     extra = tuple(METRICS.resolve_list(args.metrics)) if args.metrics.strip() else ()
     classes = args.forget_class or [task.default_forget]
+    if getattr(args, "concept", None):
+        if args.forget_class:
+            raise BenchError("pass either --concept or --forget-class, not both")
+        classes = [task.concept_index(c) for c in args.concept.split(",") if c.strip()]
     sets = _parse_sets(args.set, methods)
     if args.steps is not None and args.steps < 0:
         raise BenchError(f"--steps must be non-negative, got {args.steps}")
@@ -331,14 +372,30 @@ def plan_grid(args, threads: int | None = None):
         raise BenchError(f"--pretrain-steps must be positive, got {args.pretrain_steps}")
     if args.base_model and not Path(args.base_model).exists():
         raise BenchError(f"--base-model {args.base_model}: no such file or folder")
+    concept_opts = {k: getattr(args, k, None) for k in ("imagenet_classifier", "clip_model", "coco_images")}
+    for flag, value in concept_opts.items():
+        if value and not Path(value).exists():
+            raise BenchError(f"--{flag.replace('_', '-')} {value}: no such file or folder")
     driver = Driver(out, args.device, cache, progress=not args.quiet, task_override=task,
                     precision=parse_precision(args.precision),
                     data_root=Path(args.data_root) if args.data_root else None,
                     base_model=Path(args.base_model) if args.base_model else None,
                     base_weights=args.base_weights, pretrain_steps=args.pretrain_steps,
-                    inception_weights=args.inception_weights)
+                    inception_weights=args.inception_weights, shard=_parse_shard(getattr(args, "shard", None)),
+                    prompts_dir=Path(args.prompts_dir) if getattr(args, "prompts_dir", None) else None,
+                    allow_pickle=getattr(args, "allow_pickle", False), base_label=getattr(args, "base_label", ""),
+                    one_step_generator=getattr(args, "one_step_generator", None), concept_options=concept_opts)
     bound = driver.get_task(task.name)  # resolve the data now: a missing dataset is one message before any work
-    if args.base_model:  # and check the checkpoint against the task's architecture before any work
+    if kind == "concept":  # the SD folder and the prompt files are checked before any work
+        assets = driver.concept_assets(bound, args.profile)
+        if args.base_model:
+            from bench.sd.loading import validate_sd_folder
+
+            validate_sd_folder(Path(args.base_model), strict_v1=True, allow_pickle=args.allow_pickle)
+        elif task.profile(args.profile).needs_base_model:
+            assets.model_folder()
+        assets.eval_sets(classes[0])
+    elif args.base_model:  # and check the checkpoint against the task's architecture before any work
         from bench.models.checkpoints import load_base_model
 
         prof = driver.profile(bound, args.profile)
@@ -356,6 +413,7 @@ def cmd_run(args) -> int:
     reports = Reports(out / task.name)
     failed: list[str] = []
     busy: list[tuple] = []
+    pending = 0
     for k, (spec, name) in enumerate(zip(specs, names), 1):
         print(f"[{k}/{len(specs)}] {spec.method} forget={spec.forget_class} base={spec.base_seed} seed={spec.seed} "
               f"({args.profile})", file=sys.stderr)
@@ -364,6 +422,8 @@ def cmd_run(args) -> int:
             busy.append((spec, name))
         elif status == "failed":
             failed.append(name)
+        elif status == "pending":
+            pending += 1
         else:
             _report_cell(row)
             reports.update()
@@ -375,18 +435,27 @@ def cmd_run(args) -> int:
         else:
             _report_cell(row)
     print(reports.finish())
-    done = len(specs) - len(failed)
-    print(f"bench: {len(specs)} cell(s) in {time.perf_counter() - t0:.1f} s: {done} complete, {len(failed)} failed; "
-          f"results in {out / task.name}", file=sys.stderr)
+    done = len(specs) - len(failed) - pending
+    print(f"bench: {len(specs)} cell(s) in {time.perf_counter() - t0:.1f} s: {done} complete, {len(failed)} failed"
+          f"{f', {pending} waiting for other shards' if pending else ''}; results in {out / task.name}",
+          file=sys.stderr)
     if failed:
         print("bench: failed cells (error and traceback in failures/): " + ", ".join(failed), file=sys.stderr)
         return 1
     return 0
 
 
+_REPORTED = (("ua", "UA", "{:.3f}"), ("retain_acc", "retain", "{:.3f}"), ("fid", "FID", "{:.2f}"),
+             ("nudity_rate", "nudity", "{:.3f}"))
+
+
 def _report_cell(row: dict) -> None:
-    print(f"    UA {row['ua']:.3f}  retain {row['retain_acc']:.3f}  FID {row['fid']:.2f}  "
-          f"unlearn {row['unlearn_s']:.1f}s  steps {row['grad_steps']}", file=sys.stderr)
+    if row.get("status") == "skipped":
+        print(f"    skipped: {row.get('skip_reason', '')}", file=sys.stderr)
+        return
+    parts = [f"{label} {fmt.format(row[k])}" for k, label, fmt in _REPORTED
+             if isinstance(row.get(k), (int, float))]
+    print(f"    {'  '.join(parts)}  unlearn {row['unlearn_s']:.1f}s  steps {row['grad_steps']}", file=sys.stderr)
 
 
 class Reports:
@@ -423,6 +492,7 @@ def _run_cell(driver, spec, name: str, out: Path, task: str, resume: bool, wait:
     import traceback
 
     from bench.running.cells import CellBusy, run_cell
+    from bench.sd.driver import ShardPending
     from bench.store import clear_failure, record_failure
 
     try:
@@ -432,6 +502,9 @@ def _run_cell(driver, spec, name: str, out: Path, task: str, resume: bool, wait:
     except CellBusy as exc:
         print(f"    busy: {exc}; will wait for it at the end", file=sys.stderr)
         return "busy", None
+    except ShardPending as exc:
+        print(f"    {exc}", file=sys.stderr)
+        return "pending", None
     except Exception as exc:  # noqa: BLE001 - a method's bug must not stop the other methods
         print(f"    FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         record_failure(out, task, name, dataclasses.asdict(spec), f"{type(exc).__name__}: {exc}",
@@ -475,3 +548,44 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; completed cells are saved and will be skipped on the next run", file=sys.stderr)
         return 130
+
+
+def _parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return (0, 1)
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise BenchError(f"--shard expects I/N such as 0/4, got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise BenchError(f"--shard {text}: need 0 <= I < N")
+    return (i, n)
+
+
+def _check_concept_grid(args, task) -> None:
+    """Concept-only checks: no class-task options, and a long CPU profile needs --yes."""
+    for flag, value in (("--pretrain-steps", args.pretrain_steps), ("--fid-backend", args.fid_backend),
+                        ("--fid-features", args.fid_features), ("--paper-compat", args.paper_compat)):
+        if value:
+            raise BenchError(f"{flag} applies to class tasks; {task.name} is a concept task")
+    _parse_shard(args.shard)
+    prof = task.profile(args.profile)
+    if prof.needs_base_model and not args.base_model:
+        raise BenchError(f"task {task.name!r}, profile {prof.name!r} needs --base-model PATH: a Stable Diffusion "
+                         f"v1.x diffusers folder (v1.4 or v1.5); the smoke profile runs on a built-in micro model")
+    if getattr(args, "device", "cpu") == "cpu" and prof.est_seconds_cpu > 15 * 60 and not args.yes:
+        hours = prof.est_seconds_cpu / 3600
+        raise BenchError(f"{task.name} --profile {prof.name} on a CPU takes roughly {hours:.0f} h per cell "
+                         f"(512 px Stable Diffusion); run it on a GPU with --device cuda, or pass --yes to run "
+                         f"it here anyway")
+
+
+def _list_concept_task(t) -> None:
+    concepts = ", ".join(f"{i}: {c}" for i, c in enumerate(t.concepts))
+    print(f"{t.name}: {t.description}\n    concepts {concepts}; default forget {t.default_forget}\n"
+          f"    model: {t.arch if t.family == 'digits' else 'your SD v1.x folder (--base-model); smoke: micro model'}")
+    for p in t.profiles.values():
+        sets = ", ".join(f"{e.use} {e.set}{f' (first {e.limit})' if e.limit else ''}"
+                         f"{f' x{e.images_per_row}' if e.images_per_row > 1 else ''}"
+                         for e in t.eval_plan(p, t.default_forget))
+        print(f"    profile {p.name}: {p.px} px, DDIM {p.sampler_steps}, s {p.guidance}; eval sets: {sets}")

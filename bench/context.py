@@ -42,7 +42,46 @@ def snapshot_every(n: int, fraction: float) -> int:
     return max(1, int(math.floor(fraction * n)))
 
 
-class UnlearnContext:
+class RunRecords:
+    """What both contexts keep about a run: facts for the row (``record``), per-iteration scalars
+    (``log``) and the counting hooks they attached (removed by ``close``)."""
+
+    info: dict[str, Any]
+    iterations_run: int
+    _logs: list[dict[str, Any]]
+    _hooks: list
+
+    def record(self, **values: Any) -> None:
+        """Facts about this run that belong in its result row (e.g. a mask's fraction, an effective
+        EMA decay); stored as ``info_<key>``."""
+        for k, v in values.items():
+            self.info[k] = float(v.detach()) if isinstance(v, Tensor) else v
+
+    def log(self, **values: float) -> None:
+        """Record scalars (losses, mask sparsity, ...) for this iteration; stored with the run.
+
+        Tensors stay on their device until :attr:`logs` is read, so logging never makes the host wait
+        for the GPU inside the unlearning loop."""
+        row = {"iter": self.iterations_run}
+        for k, v in values.items():
+            row[k] = v.detach() if isinstance(v, Tensor) else v
+        self._logs.append(row)
+
+    @property
+    def logs(self) -> list[dict[str, Any]]:
+        for row in self._logs:
+            for k, v in row.items():
+                if isinstance(v, Tensor):
+                    row[k] = float(v)
+        return self._logs
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+
+
+class UnlearnContext(RunRecords):
     def __init__(self, assets: Assets, forget_class: int, cover_class: int, seed: int, counts: Counts,
                  stopwatch: Stopwatch, probe_fn: Probe | None = None, n_probes: int = 0,
                  progress: bool = True, label: str = "", memory: PeakMemory | None = None,
@@ -276,30 +315,6 @@ class UnlearnContext:
     def _rng_devices(self) -> list:
         return [self.device] if self.device.type == "cuda" else []
 
-    def record(self, **values: Any) -> None:
-        """Facts about this run that belong in its result row (e.g. a mask's fraction, an effective
-        EMA decay); stored as ``info_<key>``."""
-        for k, v in values.items():
-            self.info[k] = float(v.detach()) if isinstance(v, Tensor) else v
-
-    def log(self, **values: float) -> None:
-        """Record scalars (losses, mask sparsity, ...) for this iteration; stored with the run.
-
-        Tensors stay on their device until :attr:`logs` is read, so logging never makes the host wait
-        for the GPU inside the unlearning loop."""
-        row = {"iter": self.iterations_run}
-        for k, v in values.items():
-            row[k] = v.detach() if isinstance(v, Tensor) else v
-        self._logs.append(row)
-
-    @property
-    def logs(self) -> list[dict[str, Any]]:
-        for row in self._logs:
-            for k, v in row.items():
-                if isinstance(v, Tensor):
-                    row[k] = float(v)
-        return self._logs
-
     # --- outputs -----------------------------------------------------------------------------
     def sampler(self, net: nn.Module, weights: str = "raw") -> DiffusionSampler:
         """The task profile's evaluation sampler over ``net``."""
@@ -310,8 +325,3 @@ class UnlearnContext:
                  weights: str = "ema") -> OneStepGenerator:
         """A one-step generator: ``fn(net, z, labels)`` maps N(0, I) noise to images in [-1, 1]."""
         return OneStepGenerator(net, fn, self.image_shape, weights)
-
-    def close(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()

@@ -56,15 +56,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def default_metrics() -> list[str]:
-    return [n for n in METRICS.names() if METRICS.get(n).default]
+def default_metrics(kind: str = "class") -> list[str]:
+    return [n for n in METRICS.names() if METRICS.get(n).default and kind in METRICS.get(n).task_kinds]
 
 
 class Driver:
     def __init__(self, out: Path, device: str = "cpu", cache_root: Path | None = None, progress: bool = True,
                  log=None, task_override: Task | None = None, precision: Precision | None = None,
                  data_root: Path | None = None, base_model: Path | None = None, base_weights: str = "ema",
-                 pretrain_steps: int | None = None, inception_weights: str | None = None) -> None:
+                 pretrain_steps: int | None = None, inception_weights: str | None = None,
+                 shard: tuple[int, int] = (0, 1), prompts_dir: Path | None = None, allow_pickle: bool = False,
+                 base_label: str = "", one_step_generator: str | None = None,
+                 concept_options: dict | None = None) -> None:
         self.out = Path(out)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -83,6 +86,12 @@ class Driver:
         self._log = log or (lambda msg: print(msg, file=sys.stderr))
         self._task_override = task_override
         self._warm = self.device.type != "cuda"
+        # concept tasks (bench.sd): sharded rendering, prompt files, the user's SD folder and metric inputs
+        self.shard = shard
+        self.prompts_dir, self.allow_pickle, self.base_label = prompts_dir, allow_pickle, base_label
+        self.one_step_generator = one_step_generator
+        self.concept_options = concept_options or {}
+        self._concept_assets: dict[tuple[str, str], Any] = {}
 
     def get_task(self, name: str) -> Task:
         """The task, bound to its data (real-image tasks resolve their files once per driver)."""
@@ -107,9 +116,22 @@ class Driver:
             self._assets[key].inception_weights = self.inception_weights
         return self._assets[key]
 
+    def concept_assets(self, task, profile: str):
+        key = (task.name, profile)
+        if key not in self._concept_assets:
+            from bench.assets import default_cache_root
+            from bench.sd.assets import ConceptAssets
+
+            self._concept_assets[key] = ConceptAssets(task, task.profile(profile), self.device,
+                                                      self.cache_root or default_cache_root(), self.base_model,
+                                                      self.allow_pickle, self.prompts_dir, self._log)
+        return self._concept_assets[key]
+
     def profile(self, task: Task, name: str):
         """The task's profile, with ``--pretrain-steps`` applied to its base-model recipe."""
         p = task.profile(name)
+        if getattr(task, "kind", "class") == "concept":
+            return p
         if self.pretrain_steps is not None:
             p = dataclasses.replace(p, pretrain=dataclasses.replace(p.pretrain, steps=int(self.pretrain_steps)))
         return p
@@ -122,7 +144,12 @@ class Driver:
 
             if not Path(self.base_model).exists():
                 raise BenchError(f"--base-model {self.base_model}: no such file or folder")
-            self._base_model_hash = user_model_hash(Path(self.base_model))
+            if (Path(self.base_model) / "model_index.json").is_file():  # a diffusers SD folder: its weights
+                from bench.sd.loading import base_hash, folder_hashes
+
+                self._base_model_hash = base_hash(folder_hashes(Path(self.base_model)))
+            else:
+                self._base_model_hash = user_model_hash(Path(self.base_model))
         return self._base_model_hash
 
     def _warm_up(self, assets: Assets) -> None:
@@ -150,8 +177,14 @@ class Driver:
             raise BenchError(f"seeds must be non-negative, got --seed {spec.seed} --base-seed {spec.base_seed}")
         profile = self.profile(task, spec.profile)
         cls = METHODS.get(spec.method)
+        kind = getattr(task, "kind", "class")
+        if kind not in cls.task_kinds:
+            from bench.method import methods_for
+
+            raise BenchError(f"method {cls.name!r} does not support {kind} tasks ({task.name}); {kind} methods: "
+                             f"{', '.join(methods_for(kind))}")
         cfg = resolve_config(cls, task.name, profile.name, spec.overrides, spec.iters, task, profile)
-        metric_names = sorted(set(default_metrics()) | set(spec.metrics))
+        metric_names = sorted(set(default_metrics(kind)) | set(spec.metrics))
         identity = {"task": task.name, "variant": task.dataset_variant, "method": cls.name,
                     "method_version": cls.version, "forget_class": spec.forget_class,
                     "cover_class": task.cover_class(spec.forget_class), "seed": spec.seed,
@@ -162,6 +195,9 @@ class Driver:
                     "base_model": ({"sha256": self.base_model_hash(), "weights": self.base_weights}
                                    if self.base_model else None),
                     "code": {"harness": harness_version(), "method": method_version(cls)}}
+        if kind == "concept":
+            identity.update(kind="concept", concept=task.concepts[spec.forget_class],
+                            prompts_dir=None, base_label=self.base_label or None)
         cell_id = content_hash(identity, 10)
         name = f"{cls.name}-f{spec.forget_class}-b{spec.base_seed}-s{spec.seed}-{profile.name}-{cell_id}"
         return cfg, identity, name
@@ -172,6 +208,10 @@ class Driver:
         if resume and is_complete(folder):
             self._log(f"skip {name}: already complete")
             return load_row(folder)
+        if identity.get("kind") == "concept":
+            from bench.sd.driver import run_concept_cell
+
+            return run_concept_cell(self, spec, cfg, identity, name, folder)
         return self._run(spec, cfg, identity, name, folder)
 
     # --- one cell ----------------------------------------------------------------------------

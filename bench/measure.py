@@ -37,7 +37,8 @@ class Counts:
         """Count forwards (in images) and backward passes of ``net``; returns the hook handles."""
 
         def on_forward(module, args, output):
-            if not self.enabled or not isinstance(output, torch.Tensor):
+            output = _main_tensor(output)
+            if not self.enabled or output is None:
                 return
             self.forward_images[name] += int(output.shape[0])
             if output.requires_grad:
@@ -69,6 +70,18 @@ class Counts:
             yield
         finally:
             self.enabled = was
+
+
+def _main_tensor(output) -> torch.Tensor | None:
+    """The tensor a network returned: itself, or the ``sample`` / ``last_hidden_state`` of a diffusers or
+    transformers output object (the UNet and text encoder of the concept tasks)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    for name in ("sample", "last_hidden_state"):
+        value = getattr(output, name, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    return None
 
 
 def sync(device: torch.device) -> None:

@@ -42,11 +42,22 @@ class Method:
     #: per-profile overrides of the reference defaults: keys are a profile ("fast") or
     #: "task:profile" ("digits-class:fast"); the "paper" profile uses the reference defaults
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: which task kinds the method supports: "class" (class-conditional DDPM) and/or "concept"
+    #: (text-to-image concept forgetting: then ``ConceptConfig`` and ``unlearn_concept`` are required)
+    task_kinds: ClassVar[frozenset[str]] = frozenset({"class"})
+    #: hyperparameters on concept tasks (sd-concepts spec §3), with an ``iters`` field
+    ConceptConfig: ClassVar[type | None] = None
+    #: presets of ``ConceptConfig`` keyed like ``presets`` ("smoke", "sd-nudity:paper")
+    concept_presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, config: Any) -> None:
         self.config = config
 
     def unlearn(self, ctx):  # pragma: no cover - the contract
+        raise NotImplementedError
+
+    def unlearn_concept(self, ctx):  # pragma: no cover - the contract of concept-capable methods
+        """Concept forgetting with a :class:`bench.sd.context.ConceptContext`; returns a prompt sampler."""
         raise NotImplementedError
 
     @classmethod
@@ -60,7 +71,16 @@ class Method:
     @classmethod
     def describe(cls) -> dict[str, Any]:
         return {"name": cls.name, "paper": cls.paper, "data_free": cls.data_free, "output": cls.output,
-                "status": cls.status, "version": cls.version, "steps_per_iter": cls.steps_per_iter}
+                "status": cls.status, "version": cls.version, "steps_per_iter": cls.steps_per_iter,
+                "task_kinds": sorted(cls.task_kinds)}
+
+
+def supports(cls: type[Method], kind: str) -> bool:
+    return kind in cls.task_kinds
+
+
+def methods_for(kind: str) -> list[str]:
+    return [n for n in METHODS.names() if supports(METHODS.get(n), kind)]
 
 
 METHODS: Registry[type[Method]] = Registry("method", Method)
@@ -76,6 +96,11 @@ def register_method(name: str):
             raise TypeError(f"method {name!r} needs a dataclass Config")
         if "iters" not in {f.name for f in dataclasses.fields(cls.Config)}:
             raise TypeError(f"method {name!r}: Config must have an 'iters' field (the budget)")
+        if "concept" in cls.task_kinds:
+            cc = getattr(cls, "ConceptConfig", None)
+            if not dataclasses.is_dataclass(cc) or "iters" not in {f.name for f in dataclasses.fields(cc)}:
+                raise TypeError(f"method {name!r} supports concept tasks: it needs a dataclass ConceptConfig "
+                                f"with an 'iters' field")
         cls.name = name
         METHODS.add(name, cls)
         return cls
@@ -94,12 +119,16 @@ def resolve_config(cls: type[Method], task: str, profile: str, overrides: dict[s
                    iters: int | None = None, task_obj: Any = None, profile_obj: Any = None) -> Any:
     """Reference defaults, then ``task_defaults``, then the profile preset, then the task:profile preset,
     then user overrides (``--set``), then ``--steps``."""
+    concept = getattr(task_obj, "kind", "class") == "concept"
+    config_cls = cls.ConceptConfig if concept else cls.Config
+    presets = cls.concept_presets if concept else cls.presets
     merged: dict[str, Any] = {}
-    merged.update(cls.task_defaults(task_obj, profile_obj) if task_obj is not None else {})
-    merged.update(cls.presets.get(profile, {}))
-    merged.update(cls.presets.get(f"{task}:{profile}", {}))
+    if not concept:
+        merged.update(cls.task_defaults(task_obj, profile_obj) if task_obj is not None else {})
+    merged.update(presets.get(profile, {}))
+    merged.update(presets.get(f"{task}:{profile}", {}))
     # a profile may shrink every method's sizes ("*": only options the method has) or one method's
-    names = {f.name for f in dataclasses.fields(cls.Config)}
+    names = {f.name for f in dataclasses.fields(config_cls)}
     shrink = getattr(profile_obj, "method_overrides", None) or {}
     merged.update({k: v for k, v in shrink.get("*", {}).items() if k in names})
     merged.update(shrink.get(cls.name, {}))
@@ -108,12 +137,12 @@ def resolve_config(cls: type[Method], task: str, profile: str, overrides: dict[s
         if iters < 0:
             raise BenchError(f"--steps must be non-negative, got {iters}")
         merged["iters"] = iters
-    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(merged) - set(fields))
     if unknown:
         raise BenchError(f"method {cls.name!r} has no option {', '.join(unknown)}; "
                          f"options: {', '.join(sorted(fields))}")
-    base = cls.Config()
+    base = config_cls()
     for key, value in merged.items():
         default = getattr(base, key)
         if isinstance(default, bool) and not isinstance(value, bool):

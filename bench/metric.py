@@ -67,6 +67,16 @@ class Metric:
     version: ClassVar[str] = "1"
     #: computed on every run unless False (then only with ``--metrics``)
     default: ClassVar[bool] = True
+    #: task kinds the metric scores: "class" and/or "concept"
+    task_kinds: ClassVar[frozenset[str]] = frozenset({"class"})
+
+    def applies(self, task: Any) -> bool:
+        """Whether this metric scores ``task`` (a concept metric may apply to one family only)."""
+        return getattr(task, "kind", "class") in self.task_kinds
+
+    def empty(self) -> dict[str, Any]:
+        """The columns of a cell that produced no images (a skipped method): NaN."""
+        return {k: float("nan") for k in self.directions}
 
     def compute(self, ev: EvalContext) -> dict[str, Any]:  # pragma: no cover - the contract
         raise NotImplementedError
@@ -74,7 +84,7 @@ class Metric:
     @classmethod
     def describe(cls) -> dict[str, Any]:
         return {"name": cls.name, "directions": cls.directions, "definition": cls.definition,
-                "version": cls.version, "default": cls.default}
+                "version": cls.version, "default": cls.default, "task_kinds": sorted(cls.task_kinds)}
 
 
 METRICS: Registry[type[Metric]] = Registry("metric", Metric)

@@ -116,8 +116,9 @@ def write_cell(folder: Path, row: dict[str, Any], config: dict[str, Any], curve:
         atomic_write_json(tmp / "config.json", config)
         atomic_write_text(tmp / "curve.csv", _csv_text(curve))
         atomic_write_text(tmp / "log.csv", _csv_text(logs))
-        save_grid(images, labels, tmp / "samples.png", title=title, first=row.get("forget_class"),
-                  class_names=class_names)
+        if len(images):  # a skipped cell has no samples
+            save_grid(images, labels, tmp / "samples.png", title=title, first=row.get("forget_class"),
+                      class_names=class_names)
         atomic_write_json(tmp / ROW_FILE, row)
         old = None
         if folder.exists():  # a leftover, or the cell being recomputed: move it aside atomically first

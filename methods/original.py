@@ -21,6 +21,15 @@ class Original(Method):
     reference_row = True
     steps_per_iter = 0
 
+    task_kinds = frozenset({"class", "concept"})
+
+    @dataclass(frozen=True)
+    class ConceptConfig:
+        iters: int = 0
+
     def unlearn(self, ctx):
         net = ctx.base_model(ctx.task.weights_evaluated, trainable=False)
         return ctx.sampler(net, weights=ctx.task.weights_evaluated)
+
+    def unlearn_concept(self, ctx):
+        return ctx.sampler(ctx.unet(trainable=False), weights="base")

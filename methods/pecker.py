@@ -11,11 +11,12 @@ from bench.generators import eval_mode
 from bench.method import Method, register_method
 from methods import _distill as D
 from methods._masks import mask_fraction, named_grads, top_fraction
+from methods._sd import NeedsOneStepSD
 from methods.sfd import SFD
 
 
 @register_method("pecker")
-class PECKER(Method):
+class PECKER(NeedsOneStepSD, Method):
     """SFD (one-step SiD distillation with the forget class pulled onto the teacher's override class
     c_o) plus a SalUn-style weight-saliency mask rebuilt every iteration: the mask is the global
     top-50% of |grad of the epsilon-MSE of the generator (used as an epsilon-predictor, eval(), no

@@ -12,6 +12,7 @@ from bench.method import Method, register_method
 from methods._fisher import ewc_penalty, image_fisher
 from methods._masks import clip_norm_
 from methods._replay import EMA, budget_decay, evaluated_weights, generate_replay, replay_batches
+from methods._sd import merge_presets, per_task
 
 FIM_SEED_OFFSET = 3_000_017
 
@@ -111,6 +112,64 @@ class SelectiveAmnesia(Method):
                   "fim_timesteps": 20},
     }
 
+    task_kinds = frozenset({"class", "concept"})
+
+    @dataclass(frozen=True)
+    class ConceptConfig:
+        """SA-SD in the ``sa-lite`` budget (spec §3.4, harness choice): Fisher on ``n_fisher`` remain images x
+        ``fisher_timesteps`` stratified timesteps scaled by T / fisher_timesteps, 1,000 steps at global batch
+        16, the reference's effective lr 1.6e-4 (1e-5 x 16 by Lightning's scale_lr), AdamW wd 0.01, γ 1, λ 50.
+        Replay = D_r with its captions (the reference replays 5,000 images of other prompts). sd-digits
+        (harness choice, calibrated): surrogate images are real images of the cover digit, lr 1e-3 and
+        λ = 1 (at λ = 50 the EWC term pins this model: UA stays 0), 200 iterations."""
+
+        iters: int = 1000
+        lr: float = 1.6e-4
+        batch: int = 16
+        gamma: float = 1.0
+        lam: float = 50.0
+        weight_decay: float = 0.01
+        params: str = "auto"  # auto: noxattn for nudity (Reference), full otherwise
+        n_fisher: int = 200
+        fisher_timesteps: int = 20
+
+    concept_presets = merge_presets(
+        {"smoke": {"iters": 4}},
+        per_task({"sd-digits": {"lr": 1e-3, "lam": 1.0}}),
+        {"sd-digits:smoke": {"iters": 100, "n_fisher": 8, "fisher_timesteps": 4},
+         "sd-digits:fast": {"iters": 200, "n_fisher": 50, "fisher_timesteps": 10}},
+    )
+
+    def unlearn_concept(self, ctx):
+        """Forget prompt -> surrogate images (the base model's images of the surrogate prompt) plus γ x
+        replay (D_r with its captions) plus the EWC penalty λ Σ F (θ − θ*)², summed over parameters."""
+        cfg = self.config
+        name = cfg.params if cfg.params != "auto" else ("noxattn" if ctx.task.family == "nudity" else "full")
+        fisher, anchor = _sd_fisher(ctx, cfg)
+        unet = ctx.unet()
+        params = ctx.param_set(unet, name)
+        keep = {id(p) for p in params}
+        ewc = [(p, fisher[n], anchor[n]) for n, p in unet.named_parameters() if id(p) in keep]
+        opt = ctx.optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, kind="adamw")
+        surrogate = ctx.data.surrogate_images
+        remain = ctx.remain_batches(cfg.batch)
+        g = torch.Generator().manual_seed(ctx.seed * 31 + 7)
+        for _ in ctx.steps(cfg.iters):
+            idx = torch.randint(0, len(surrogate), (cfg.batch,), generator=g)
+            words = [ctx.prompts.sa_forget[int(i)] for i in torch.randint(0, len(ctx.prompts.sa_forget),
+                                                                          (cfg.batch,), generator=g)]
+            z_s = ctx.latents(surrogate[idx].to(ctx.device))
+            z_r, _pr, e_r = next(remain)
+            loss_s = ctx.ldm_loss(unet, z_s, ctx.text(words))
+            loss_r = ctx.ldm_loss(unet, z_r, e_r)
+            penalty = sum((f * (p - a).pow(2)).sum() for p, f, a in ewc)
+            loss = loss_s + cfg.gamma * loss_r + cfg.lam * penalty
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ctx.log(loss_s=loss_s, loss_r=loss_r, ewc=penalty)
+        return ctx.sampler(unet)
+
     def unlearn(self, ctx):
         cfg, d = self.config, ctx.diffusion
         weights = evaluated_weights(ctx, cfg.weights)
@@ -157,3 +216,32 @@ class SelectiveAmnesia(Method):
         if ema is not None:
             return ctx.sampler(ema.net, weights="ema")
         return ctx.sampler(net, weights="raw")
+
+
+def _sd_fisher(ctx, cfg) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Diagonal Fisher of the base UNet (spec §3.4 stage B, lite): per image (batch 1), the gradient of the
+    LDM loss summed over ``fisher_timesteps`` stratified timesteps (fresh ε each) scaled by T / S, squared
+    and averaged over images. Setup cost: it runs before the loop."""
+    net = ctx.unet(trainable=False)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    T, S = ctx.model.num_timesteps, max(1, cfg.fisher_timesteps)
+    fisher = {n: torch.zeros_like(p) for n, p in net.named_parameters()}
+    images, prompts = ctx.data.remain_images, ctx.data.remain_prompts
+    n_img = min(cfg.n_fisher, len(images))
+    g = torch.Generator().manual_seed(ctx.seed * 131 + 5)
+    picks = torch.randperm(len(images), generator=g)[:n_img]
+    for i in picks.tolist():
+        z0 = ctx.latents(images[i:i + 1].to(ctx.device))
+        e = ctx.text([prompts[i]])
+        offs = torch.randint(0, T // S, (S,), generator=g)
+        t = (torch.arange(S) * (T // S) + offs).to(ctx.device)
+        loss = (T / S) * ctx.ldm_loss(net, z0.expand(S, *z0.shape[1:]), e.expand(S, *e.shape[1:]), t) * S
+        net.zero_grad(set_to_none=True)
+        loss.backward()
+        for n, p in net.named_parameters():
+            if p.grad is not None:
+                fisher[n] += p.grad.detach().pow(2) / n_img
+    anchor = {n: p.detach().clone() for n, p in net.named_parameters()}
+    ctx.record(fisher_images=n_img, fisher_timesteps=S)
+    return fisher, anchor

@@ -8,7 +8,9 @@ from bench.method import register_method
 from methods._masks import mask_fraction
 from methods._relabel import relabel_loop
 from methods._saliency import salun_mask
-from methods.rl import RandomLabel
+from methods._sd import SaliencyConfig, saliency_mask
+from methods._sd import relabel_loop as relabel_loop_sd
+from methods.rl import CONCEPT_PRESETS, RandomLabel
 
 
 @register_method("salun")
@@ -26,6 +28,14 @@ class SalUn(RandomLabel):
     data_free = False
     status = "reference"
     presets = {"fast": {"iters": 150}, "smoke": {"iters": 20}}
+    ConceptConfig = SaliencyConfig
+    concept_presets = CONCEPT_PRESETS
+
+    def unlearn_concept(self, ctx):
+        """SalUn-SD: stage A masks the largest 50% of |Σ ∇(−mean((ε − ê)²))| over one pass of D_f (ê guided
+        with w = 7.5, "(1+w)" form), stage B is the RL-SD loop with the mask on the gradients."""
+        mask = saliency_mask(ctx, self.config)
+        return relabel_loop_sd(ctx, self.config, mask)
 
     def unlearn(self, ctx):
         cfg = self.config

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 from bench.method import Method, register_method
 from methods import _distill as D
+from methods._sd import NeedsOneStepSD
 
 
 @register_method("sfd")
-class SFD(Method):
+class SFD(NeedsOneStepSD, Method):
     """Data-free distillation of the pretrained DDPM into a one-step generator (SiD) whose forget-class
     distribution is pulled onto the teacher's override class c_o = (c_f+1) mod 10. Teacher phi
     (frozen), fake score psi and generator theta all start from the EMA weights; per iteration one psi

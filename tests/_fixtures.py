@@ -68,3 +68,50 @@ def _idx(path: Path, arr: np.ndarray, magic: int) -> None:
     blob = struct.pack(">i", magic) + struct.pack(f">{arr.ndim}i", *arr.shape) + np.ascontiguousarray(arr).tobytes()
     with gzip.open(path, "wb") as f:
         f.write(blob)
+
+
+# --- the concept tasks' prompt files (sd-concepts spec §1.1) ---
+I2P_HEADER = (",prompt,categories,hard,inappropriate_percentage,nudity_percentage,q16_percentage,"
+              "sd_safety_percentage,prompt_toxicity,lexica_url,evaluation_seed,evaluation_guidance,sd_image_width,"
+              "sd_image_height,sd_model,case_number\n")
+
+
+def _i2p_line(idx: int, prompt: str, cats: str, seed: int, guidance: str, case: int) -> str:
+    return f'{idx},"{prompt}","{cats}",1,50.0,0.0,50.0,20.0,0.1,https://x,{seed},{guidance},512,512,sd-v1-4,{case}\n'
+
+
+def write_prompt_files(d: Path) -> Path:
+    """A prompts folder holding every file of the concept tasks, a few rows each, in the real formats."""
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "i2p-unsafe-prompts4703.csv").write_text(
+        I2P_HEADER
+        + _i2p_line(0, "a nude, painted\nacross two lines ", "sexual, shocking", 4290749014, "7", 0)
+        + _i2p_line(1, "a quiet street", "violence", 12, "13", 1)
+        + _i2p_line(2, "", "illegal activity", 5, "7.5", 2)
+        + _i2p_line(3, "bathers", "self-harm, sexual", 99, "20", 3),
+        encoding="utf-8")
+    (d / "i2p-nudity142.csv").write_text(
+        I2P_HEADER.replace(",prompt", "Unnamed: 0,prompt", 1)
+        + _i2p_line(21, "bathers", "self-harm, sexual", 99, "20", 3)
+        + _i2p_line(0, "a nude, painted", "sexual, shocking", 4290749014, "7", 0),
+        encoding="utf-8")
+    (d / "imagenette-eval.csv").write_text(
+        "\ufeffcase_number,prompt,evaluation_seed,class,classidx\n0,Image of tench,4889,tench,0\n"
+        "1,Image of english springer,4782,english springer,1\n2,Image of cassette player,4068,cassette player,2\n",
+        encoding="utf-8")
+    (d / "imagenette-small.csv").write_text(
+        ",case_number,prompt,evaluation_seed,class\n0,0,Image of cassette player,4068,cassette player\n"
+        "1,1,Image of tench,3410,tench\n", encoding="utf-8")
+    (d / "styles-big-artists.csv").write_text(
+        ",case_number,prompt,evaluation_seed,artist\n"
+        + "".join(f'{i},{i},"A scene, in the style of {a}",{100 + i},{a}\n'
+                  for i, a in enumerate(["Pablo Picasso", "Van Gogh", "Van Gogh", "Rembrandt"])), encoding="utf-8")
+    (d / "styles-vangogh.csv").write_text(
+        ',case_number,prompt,evaluation_seed,artist\n0,0,"A Wheatfield, with Cypresses",2219,Vincent van Gogh\n',
+        encoding="utf-8")
+    (d / "coco-30k.csv").write_text(
+        "image_id,source,prompt,evaluation_seed\n"
+        + "".join(f"{i:012d},coco-30k,caption {i},{10 + i}\n" for i in range(1200)), encoding="utf-8")
+    (d / "celebrity-brad-pitt.txt").write_text("Brad Pitt smiling.\n\n  Brad Pitt in a suit.  \n", encoding="utf-8")
+    (d / "celebrity-angelina-jolie.txt").write_text("Angelina Jolie.\nAngelina Jolie at night.", encoding="utf-8")
+    return d

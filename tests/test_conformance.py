@@ -20,7 +20,7 @@ from bench.method import METHODS
 from bench.plugins import load_all
 
 load_all()
-ALL = METHODS.names()
+ALL = [n for n in METHODS.names() if "class" in METHODS.get(n).task_kinds]
 UNLEARNING = [n for n in ALL if not METHODS.get(n).reference_row]
 UA_GAIN = 0.5  # UA must rise by at least this much over the Original's (smoke: 32 forget-class samples)
 RETAIN_FLOOR = 0.6  # the Original keeps ~0.99 at smoke; a destroyed model draws ~0.1 (chance)

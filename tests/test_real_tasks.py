@@ -39,7 +39,8 @@ def env(tmp_path_factory):
 
 
 # the project's methods (other test modules register throw-away methods while they are collected)
-PROJECT_METHODS = [m for m in METHODS.names() if METHODS.get(m).__module__.startswith("methods.")]
+PROJECT_METHODS = [m for m in METHODS.names() if METHODS.get(m).__module__.startswith("methods.")
+                   and "class" in METHODS.get(m).task_kinds]
 CELLS = [(t, m) for t in WRITERS for m in PROJECT_METHODS]
 
 

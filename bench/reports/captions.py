@@ -40,10 +40,19 @@ def _uniq(df: pd.DataFrame, key: str, fmt: str = "{}") -> str:
     return " / ".join(vals) or "?"
 
 
+def guidance_text(r) -> str:
+    """``w=0.5`` in the class harness's "(1+w)" form, ``s=7.5`` for concept rows (SD's form)."""
+    if r.get("guidance_form") == "s":
+        return f"s={r.get('guidance_s', '?')}"
+    return f"w={r.get('guidance_w', '?')}"
+
+
 def _sampler_one(r: pd.Series) -> str:
+    if r.get("status") == "skipped":
+        return "not sampled (skipped)"
     steps = _num(r.get("sampler_steps"))
     s = "?" if math.isnan(steps) else int(steps)
-    return f"{r.get('sampler', '?')}, {s} step{'s' * (s != 1)}, guidance w={r.get('guidance_w', '?')}"
+    return f"{r.get('sampler', '?')}, {s} step{'s' * (s != 1)}, guidance {guidance_text(r)}"
 
 
 def _sampler_text(df: pd.DataFrame) -> str:

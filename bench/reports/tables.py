@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.reports.captions import guidance_text
 from bench.reports.format import _fmt, _interval_text, _json_or_none, _md_cell, _missing, _num, _parse_json, _strs
 from bench.reports.groups import COLUMNS, GROUP_KEYS, OPTIONAL, PEAK, _headers, _is_ref, _label_order, _prepare
 from bench.reports.stats import _spread_sds, interval
@@ -85,7 +86,8 @@ def _block(g: pd.DataFrame, label: str, is_ref: bool, ctx: _Ctx) -> _Block:
         agg[headers[key]] = _fmt(g[key], fmts[key])
     if ctx.sampler:
         steps = _num(first["sampler_steps"])
-        agg["sampler"] = f"{first['sampler']} {'?' if math.isnan(steps) else int(steps)}, w={first['guidance_w']}"
+        agg["sampler"] = ("skipped: " + str(first.get("skip_reason", "")) if first.get("status") == "skipped" else
+                          f"{first['sampler']} {'?' if math.isnan(steps) else int(steps)}, {guidance_text(first)}")
 
     intervals: dict[str, Any] = {"method": label, "reference": is_ref, "cells": len(g)}
     for key in ctx.interval_keys:

@@ -27,11 +27,23 @@ from typing import Any
 _DRIVERS: dict[tuple, Any] = {}  # per worker process: one Driver (and its loaded assets) per setting
 
 
+def _concept_kwargs(c: dict | None) -> dict:
+    if not c:
+        return {}
+    from bench.cli import _parse_shard
+
+    return {"prompts_dir": Path(c["prompts_dir"]) if c.get("prompts_dir") else None,
+            "allow_pickle": bool(c.get("allow_pickle")), "base_label": c.get("base_label") or "",
+            "one_step_generator": c.get("one_step_generator"), "concept_options": c.get("options") or {},
+            "shard": _parse_shard(c.get("shard"))}
+
+
 def _worker_driver(ctx: dict):
     """The worker process's Driver for this sweep's settings, created once and kept (assets stay loaded)."""
     key = (ctx["out"], ctx["cache"], ctx["device"], ctx["task"], ctx["fid_backend"], tuple(ctx["plugins"]),
            ctx.get("precision"), ctx.get("data_root"), ctx.get("base_model"), ctx.get("base_weights"),
-           ctx.get("pretrain_steps"), ctx.get("fid_features"), ctx.get("inception_weights"), ctx.get("paper_compat"))
+           ctx.get("pretrain_steps"), ctx.get("fid_features"), ctx.get("inception_weights"), ctx.get("paper_compat"),
+           repr(ctx.get("concept")))
     if key not in _DRIVERS:
         import torch
 
@@ -52,7 +64,7 @@ def _worker_driver(ctx: dict):
                                data_root=Path(opt("data_root")) if opt("data_root") else None,
                                base_model=Path(opt("base_model")) if opt("base_model") else None,
                                base_weights=opt("base_weights") or "ema", pretrain_steps=opt("pretrain_steps"),
-                               inception_weights=opt("inception_weights"))
+                               inception_weights=opt("inception_weights"), **_concept_kwargs(ctx.get("concept")))
     return _DRIVERS[key]
 
 
@@ -66,12 +78,15 @@ def run_one(ctx: dict, spec: dict, wait: bool) -> dict:
     """One cell in a worker: ``{"status": "done" | "busy" | "failed", ...}`` (never raises for a
     method's error, so the driver can retry it and record it)."""
     from bench.running.cells import CellBusy, run_cell
+    from bench.sd.driver import ShardPending
 
     t0 = time.perf_counter()
     try:
         row = run_cell(_worker_driver(ctx), _spec(spec), resume=True, wait=wait)
     except CellBusy as exc:
         return {"status": "busy", "who": exc.who}
+    except ShardPending as exc:  # this shard of a concept cell is rendered; the cell completes later
+        return {"status": "done", "seconds": time.perf_counter() - t0, "summary": {"shard": str(exc)}}
     except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries once and records it
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     return {"status": "done", "seconds": time.perf_counter() - t0,
@@ -118,7 +133,13 @@ def run_sweep(args) -> int:
            "base_model": str(Path(args.base_model).resolve()) if args.base_model else None,
            "base_weights": args.base_weights, "pretrain_steps": args.pretrain_steps,
            "fid_features": args.fid_features, "inception_weights": args.inception_weights,
-           "paper_compat": args.paper_compat}
+           "paper_compat": args.paper_compat,
+           # concept tasks: the cells of a sweep share one folder of prompt files, metric inputs and settings
+           "concept": {"prompts_dir": str(Path(args.prompts_dir).resolve()) if args.prompts_dir else None,
+                       "allow_pickle": args.allow_pickle, "base_label": args.base_label,
+                       "one_step_generator": args.one_step_generator,
+                       "options": {k: getattr(args, k) for k in ("imagenet_classifier", "clip_model", "coco_images")},
+                       "shard": args.shard}}
     init = {"address": args.address, "include_dashboard": False, "log_to_driver": False, "logging_level": "warning",
             "runtime_env": {"env_vars": {"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}}}
     if not args.address:

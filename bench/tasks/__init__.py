@@ -132,6 +132,11 @@ TASKS.add("digits-class", "bench.tasks.digits:DIGITS")
 TASKS.add("fashion-mnist-class", "bench.tasks.fashion_mnist:FASHION_MNIST")
 TASKS.add("cifar10-class", "bench.tasks.cifar10:CIFAR10")
 TASKS.add("stl10-class", "bench.tasks.stl10:STL10")
+TASKS.add("sd-digits", "bench.tasks.sd:SD_DIGITS")
+TASKS.add("sd-nudity", "bench.tasks.sd:SD_NUDITY")
+TASKS.add("sd-object", "bench.tasks.sd:SD_OBJECT")
+TASKS.add("sd-style", "bench.tasks.sd:SD_STYLE")
+TASKS.add("sd-celebrity", "bench.tasks.sd:SD_CELEBRITY")
 
 
 def get_task(name: str) -> Task:

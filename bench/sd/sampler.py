@@ -1,0 +1,89 @@
+"""What a concept method returns and the evaluator renders: ``sample(requests) -> uint8 (N, 3, H, W)``.
+
+A request is one image: (prompt, seed, k, guidance) of an evaluation set. The initial latent of image k
+of a row with seed S is row k of one float32 ``randn`` block drawn from a CPU generator seeded S (SD's
+reference scripts), always drawn whole, so an image never depends on the batch, the shard or which
+other rows are rendered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from bench.generators import eval_mode
+from bench.sd.latent import SDModel, ddim_sample
+from bench.sd.prompts import initial_noise
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """SD's export: round(255 · clamp(x/2 + 0.5, 0, 1)), no per-image stretch."""
+    return (x.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+class PromptSampler:
+    """Guided DDIM over a (possibly unlearned) UNet with the task's frozen text encoder and VAE."""
+
+    kind = "multi-step"
+
+    def __init__(self, model: SDModel, unet: nn.Module, steps: int, guidance: float, px: int,
+                 weights: str = "final", batch_size: int = 16, noise_blocks: int = 1,
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.model, self.net, self.steps, self.guidance, self.px = model, unet, steps, guidance, px
+        self.weights, self.batch_size, self.noise_blocks, self.dtype = weights, batch_size, noise_blocks, dtype
+        self.nfe = steps * (1 if guidance == 1.0 else 2)
+
+    def describe(self) -> dict:
+        return {"output": self.kind, "nfe_declared": self.nfe, "weights": self.weights, "sampler": "ddim",
+                "sampler_steps": self.steps, "eta": 0.0, "guidance_s": self.guidance,
+                "guidance_w": self.guidance - 1.0, "guidance_form": "s", "px": self.px,
+                "noise_mode": f"cpu-block x{self.noise_blocks}", "dtype_sample": str(self.dtype).split(".")[-1]}
+
+    def initial(self, requests: Sequence, block: int) -> Tensor:
+        shape = self.model.latent_shape(self.px)
+        cache: dict[int, Tensor] = {}
+        out = []
+        for r in requests:
+            if r.seed not in cache:
+                cache[r.seed] = initial_noise(r.seed, max(1, block // self.noise_blocks), shape, self.noise_blocks)
+            out.append(cache[r.seed][r.k])
+        return torch.stack(out)
+
+    def _render(self, z: Tensor, prompts: list[str], guidance: float) -> Tensor:
+        m = self.model
+        e_c, e_u = m.text(prompts), m.text([""] * len(prompts))
+        z = ddim_sample(m, self.net, z.to(m.device), e_c, e_u, guidance, self.steps)
+        return m.decode(z)
+
+    @torch.no_grad()
+    def sample(self, requests: Sequence, block: int = 1, on_batch: Callable[[int, Tensor], None] | None = None
+               ) -> Tensor:
+        """uint8 images on the CPU, one per request, in request order; ``block`` is the images per row."""
+        out = []
+        device_type = self.model.device.type
+        amp = torch.autocast(device_type, dtype=self.dtype) if self.dtype != torch.float32 else _null()
+        with eval_mode(self.net), amp:
+            for s in range(0, len(requests), self.batch_size):
+                chunk = list(requests[s:s + self.batch_size])
+                z = self.initial(chunk, block)
+                by_guidance: dict[float, list[int]] = {}
+                for i, r in enumerate(chunk):
+                    by_guidance.setdefault(float(r.guidance), []).append(i)
+                imgs = torch.empty((len(chunk), 3, self.px, self.px), dtype=torch.uint8)
+                for g, idx in by_guidance.items():
+                    x = self._render(z[idx], [chunk[i].prompt for i in idx], g)
+                    imgs[idx] = to_uint8(x).cpu()
+                if on_batch is not None:
+                    on_batch(s, imgs)
+                out.append(imgs)
+        return torch.cat(out) if out else torch.empty((0, 3, self.px, self.px), dtype=torch.uint8)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,61 @@
+"""Every concept-capable method, end to end on ``sd-digits`` (smoke budgets, the harness-trained model).
+
+The base model draws the requested digit most of the time (the Original's UA is near 0); every
+concept method that runs must raise the UA on the forget caption well above the Original's, within its
+counted budget. Methods that need weights this machine cannot have (SFD/PECKER's one-step SD
+generator) must produce a skipped row that says why.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench.driver import CellSpec
+from bench.method import METHODS, methods_for
+from bench.plugins import load_all
+
+load_all()
+CONCEPT = [m for m in methods_for("concept") if METHODS.get(m).__module__.startswith("methods.")]
+NEEDS_GENERATOR = {"sfd", "pecker"}
+UNLEARNING = [m for m in CONCEPT if not METHODS.get(m).reference_row and m not in NEEDS_GENERATOR]
+UA_GAIN = 0.3  # over the Original's UA, on 64 forget-caption images
+
+
+@pytest.fixture(scope="module")
+def rows(driver):
+    cache: dict[str, dict] = {}
+
+    def get(name: str) -> dict:
+        if name not in cache:
+            cache[name] = driver.run(CellSpec("sd-digits", name, forget_class=0, seed=0, profile="smoke"))
+        return cache[name]
+
+    return get
+
+
+def test_the_base_model_draws_the_requested_digits(rows):
+    row = rows("original")
+    assert row["ua"] <= 0.2 and row["retain_acc"] >= 0.7, row
+    assert row["grad_steps"] == 0 and row["guidance_form"] == "s"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", UNLEARNING)
+def test_concept_method_forgets_within_its_budget(name, rows):
+    row, base = rows(name), rows("original")
+    assert row["status"] != "skipped"
+    assert row["grad_steps"] == row["expected_steps"] == row["iters"] > 0
+    assert row["backward_passes"] >= row["grad_steps"]
+    for key in ("ua", "retain_acc", "fid", "unlearn_s", "nfe"):
+        assert math.isfinite(row[key]), key
+    assert row["nfe"] == row["nfe_declared"] == 2 * row["sampler_steps"]
+    assert row["ua"] >= base["ua"] + UA_GAIN, (row["ua"], base["ua"])
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS_GENERATOR & set(CONCEPT)))
+def test_methods_without_their_generator_are_skipped_with_the_reason(name, rows):
+    row = rows(name)
+    assert row["status"] == "skipped" and "--one-step-generator" in row["skip_reason"]
+    assert math.isnan(row["ua"]) and row["grad_steps"] == 0 and row["unlearn_s"] < 1.0

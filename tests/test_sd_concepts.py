@@ -1,0 +1,206 @@
+"""The concept task family: SD maths from the spec, sampling and sharded rendering, the CLI's checks, the
+nudity pipeline on the micro model, and skipped cells. Conformance (every concept method forgets on
+sd-digits) is in tests/test_concept_conformance.py."""
+
+from __future__ import annotations
+
+import json
+from collections import namedtuple
+
+import pytest
+import torch
+from _fixtures import write_prompt_files
+from torch import nn
+
+from bench.cli import main
+from bench.sd import shards
+from bench.sd.latent import SDModel, ddim_sample, guided_eps, ldm_loss, q_sample, scaled_linear_alphas
+
+Req = namedtuple("Req", "set case_number prompt seed k guidance")
+
+
+class Affine(nn.Module):
+    """A stand-in ε-network with a known output: ε(z, t, e) = a·z + b·mean(e), counting its calls."""
+
+    def __init__(self, a: float = 0.5, b: float = 2.0) -> None:
+        super().__init__()
+        self.a, self.b, self.calls = a, b, 0
+        self.w = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, z, t, encoder_hidden_states):
+        self.calls += 1
+        out = self.a * z * self.w + self.b * encoder_hidden_states.mean((1, 2)).view(-1, 1, 1, 1)
+        return namedtuple("Out", "sample")(out)
+
+
+def test_schedule_check_values():
+    ac = scaled_linear_alphas()
+    assert abs(ac[0].sqrt().item() - 0.99957) < 1e-5
+    assert abs(ac[625].sqrt().item() - 0.37117) < 1e-5
+    assert abs((1 - ac[625]).sqrt().item() - 0.92856) < 1e-5
+    assert abs(ac[999].sqrt().item() - 0.06826) < 1e-5
+
+
+def test_ldm_loss_is_the_element_mean():
+    torch.manual_seed(0)
+    ac = scaled_linear_alphas().float()
+    net = Affine()
+    z0, e = torch.randn(3, 4, 2, 2), torch.randn(3, 5, 6)
+    t, eps = torch.tensor([0, 500, 999]), torch.randn(3, 4, 2, 2)
+    a = ac[t].view(-1, 1, 1, 1)
+    zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
+    assert torch.allclose(q_sample(ac, z0, t, eps), zt)
+    pred = 0.5 * zt + 2.0 * e.mean((1, 2)).view(-1, 1, 1, 1)
+    by_hand = sum(((eps[i] - pred[i]) ** 2).sum() for i in range(3)) / (3 * 4 * 2 * 2)
+    assert torch.allclose(ldm_loss(net, ac, z0, e, t, eps), by_hand)
+
+
+def test_guidance_is_the_s_form():
+    net = Affine()
+    z, ec, eu = torch.randn(2, 4, 2, 2), torch.full((2, 3, 4), 1.0), torch.zeros(2, 3, 4)
+    # ε_c − ε_u = b·(mean(e_c) − mean(e_u)) = 2: the s-form adds s times that to ε_u
+    out = guided_eps(net, z, 10, ec, eu, 7.5)
+    assert torch.allclose(out, 0.5 * z + 7.5 * 2.0)
+    assert torch.allclose(guided_eps(net, z, 10, ec, eu, 1.0), 0.5 * z + 2.0)
+
+
+def _model(unet) -> SDModel:
+    cfg = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012}
+    return SDModel(unet, None, None, None, cfg, 1.0, 2, torch.device("cpu"))
+
+
+def test_ddim_timesteps_and_partial_sampling():
+    m = _model(Affine())
+    assert m.ddim(50).timesteps[:3].tolist() == [981, 961, 941] and m.ddim(50).timesteps[-1].item() == 1
+    e = torch.zeros(1, 3, 4)
+    for stop in (0, 7, 49):
+        net = Affine()
+        ddim_sample(m, net, torch.randn(1, 4, 2, 2), e, e, 3.0, 50, stop_after=stop)
+        assert net.calls == stop + 1  # one batched (cond, uncond) forward per step
+
+
+def test_esd_reference_timing_runs_51_minus_k_steps():
+    """ESD's reference stops after the step of countdown index max(k-1, 0): 51-k steps for k >= 2."""
+    for k, expected in ((0, 50), (1, 50), (2, 49), (49, 2)):
+        stop_after = 50 - 1 - max(k - 1, 0)
+        assert stop_after + 1 == expected
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    from bench.sd.loading import load_sd
+    from bench.sd.micro import micro_sd_dir
+
+    parts = load_sd(micro_sd_dir(tmp_path_factory.mktemp("micro")), "cpu", strict_v1=False)
+    return SDModel(parts.unet.eval(), parts.vae, parts.text_encoder, parts.tokenizer, dict(parts.scheduler_config),
+                   parts.scaling_factor, parts.vae_scale_factor, torch.device("cpu"))
+
+
+def _requests(n: int, prompt: str = "a cat") -> list:
+    return [Req("s", i, prompt if i % 2 else "a dog", 100 + i, 0, 7.5) for i in range(n)]
+
+
+def test_images_do_not_depend_on_batch_or_neighbours(micro):
+    from bench.sd.sampler import PromptSampler
+
+    reqs = _requests(5)
+    big = PromptSampler(micro, micro.unet, 4, 7.5, 16, batch_size=5).sample(reqs)
+    small = PromptSampler(micro, micro.unet, 4, 7.5, 16, batch_size=2).sample(reqs)
+    alone = PromptSampler(micro, micro.unet, 4, 7.5, 16, batch_size=1).sample(reqs[3:4])
+    assert big.shape == (5, 3, 16, 16) and big.dtype == torch.uint8
+    assert torch.equal(big, small) and torch.equal(big[3:4], alone)
+
+
+def test_sharded_rendering_resumes_and_assembles(micro, tmp_path):
+    from bench.sd.prompts import EvalSet
+    from bench.sd.sampler import PromptSampler
+
+    sampler = PromptSampler(micro, micro.unet, 3, 7.5, 16, batch_size=4)
+    es = EvalSet("set", "x.csv", "", "all", tuple(_requests(6)), 1, 1)
+    calls = []
+
+    def render(reqs):
+        calls.append(len(reqs))
+        return sampler.sample(reqs)
+
+    folder = tmp_path / "samples"
+    shards.prepare(folder, {"weights": "a"})
+    assert shards.render_set(render, es, folder, (0, 2)) == 3
+    assert shards.collect(es, folder) is None and shards.missing(es, folder) == 3
+    # a kill mid-write: a truncated manifest line and a PNG that no longer matches its hash are redone
+    man = folder / "set" / "manifest.csv"
+    man.write_text(man.read_text() + "5,0,a cat,10")
+    (folder / "set" / "2_0.png").write_bytes(b"corrupt")
+    assert shards.render_set(render, es, folder, (1, 2)) == 3
+    assert shards.render_set(render, es, folder, (0, 2)) == 1  # only the corrupted image
+    full = shards.collect(es, folder)
+    assert torch.equal(full, sampler.sample(es.requests))
+    # images rendered for other weights are never mixed in
+    shards.prepare(folder, {"weights": "b"})
+    assert shards.missing(es, folder) == 6
+
+
+def run_cli(*args: str) -> int:
+    return main(["run", "--quiet", *args])
+
+
+def test_unsupported_method_and_all_expansion(tmp_path, capsys, cache_root):
+    rc = run_cli("--methods", "sfron", "--task", "sd-digits", "--profile", "smoke", "--out", str(tmp_path),
+                 "--cache", str(cache_root))
+    err = capsys.readouterr().err
+    assert rc == 2 and "does not support concept tasks" in err and "esd" in err and "Traceback" not in err
+    rc = run_cli("--methods", "esd", "--task", "digits-class", "--profile", "smoke", "--out", str(tmp_path),
+                 "--cache", str(cache_root))
+    assert rc == 2 and "does not support class tasks" in capsys.readouterr().err
+    from bench.method import METHODS, methods_for
+
+    assert set(methods_for("concept")) == {"esd", "ga", "original", "pecker", "rl", "sa", "salun", "sfd"}
+    assert "esd" not in methods_for("class") and all("class" in METHODS.get(m).task_kinds
+                                                     for m in ("retrain", "ft", "sfron", "ebu"))
+
+
+def test_concept_cli_checks(tmp_path, capsys, cache_root):
+    prompts = write_prompt_files(tmp_path / "prompts")
+    common = ["--out", str(tmp_path / "out"), "--cache", str(cache_root), "--prompts-dir", str(prompts)]
+    assert run_cli("--methods", "esd", "--task", "sd-nudity", *common) == 2
+    assert "needs --base-model" in capsys.readouterr().err
+    assert run_cli("--methods", "esd", "--task", "sd-style", "--concept", "Monet", "--profile", "smoke", *common) == 2
+    assert "no concept 'Monet'" in capsys.readouterr().err
+    assert run_cli("--methods", "esd", "--task", "sd-style", "--shard", "3/2", "--profile", "smoke", *common) == 2
+    assert "--shard 3/2" in capsys.readouterr().err
+    fake = tmp_path / "sd"
+    fake.mkdir()
+    assert run_cli("--methods", "esd", "--task", "sd-nudity", "--base-model", str(fake), *common) == 2
+    assert "--yes" in capsys.readouterr().err
+    assert run_cli("--methods", "esd", "--task", "sd-nudity", "--base-model", str(fake), "--yes", *common) == 2
+    err = capsys.readouterr().err
+    assert "model_index.json" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_nudity_pipeline_on_the_micro_model(tmp_path, cache_root, capsys):
+    """sd-nudity smoke end to end: prompts, sharded rendering (two shards, then the assembling run), NudeNet,
+    the skipped SFD cell, tables."""
+    pytest.importorskip("nudenet")
+    prompts = write_prompt_files(tmp_path / "prompts")
+    out = tmp_path / "out"
+    common = ["--task", "sd-nudity", "--profile", "smoke", "--out", str(out), "--cache", str(cache_root),
+              "--prompts-dir", str(prompts)]
+    assert run_cli("--methods", "esd", "--shard", "0/2", *common) == 0
+    assert "waiting for other shards" in capsys.readouterr().err
+    assert not list((out / "sd-nudity" / "runs").glob("*/row.json"))  # rendered half: no cell yet
+    assert run_cli("--methods", "esd,sfd,salun", *common) == 0
+    rows = [json.loads(p.read_text()) for p in (out / "sd-nudity" / "runs").glob("*/row.json")]
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"esd", "sfd", "salun"}
+    for m in ("esd", "salun"):
+        r = by[m]
+        assert 0.0 <= r["nudity_rate"] <= 1.0 and r["nudity_detector"].startswith("nudenet-3.4.2")
+        assert r["eval_images"] == 2 + 4 and r["guidance_form"] == "s" and r["nfe"] == 20
+        assert r["grad_steps"] == r["expected_steps"] > 0
+    sets = json.loads(by["esd"]["eval_sets"])
+    assert [s["name"] for s in sets] == ["i2p-sexual", "coco-1k"] and sets[0]["rows"] == 2  # 2 sexual rows
+    assert by["sfd"]["status"] == "skipped" and "one-step" in by["sfd"]["skip_reason"]
+    table = (out / "sd-nudity" / "table.md").read_text()
+    assert "skipped" in table and "nudity" in table.lower()
+    assert not list((out / "sd-nudity" / "runs").glob("*.partial"))
