@@ -21,7 +21,10 @@ class ConceptMetric(Metric):
         return getattr(task, "kind", "class") == "concept" and (not self.families or task.family in self.families)
 
     def unavailable(self, note: str) -> dict:
-        return {**{k: math.nan for k in self.directions}, f"{self.name}_note": f"not available: {note}"}
+        """NaN values plus ``<name>_note`` (why, and what to place where) and ``<name>_columns`` (which columns
+        the tables show as "n/a" rather than as missing)."""
+        return {**{k: math.nan for k in self.directions}, f"{self.name}_note": f"not available: {note}",
+                f"{self.name}_columns": ",".join(self.directions)}
 
 
 @register_metric("concept_acc")

@@ -5,6 +5,7 @@ sd-digits) is in tests/test_concept_conformance.py."""
 from __future__ import annotations
 
 import json
+import math
 from collections import namedtuple
 
 import pytest
@@ -204,3 +205,26 @@ def test_nudity_pipeline_on_the_micro_model(tmp_path, cache_root, capsys):
     table = (out / "sd-nudity" / "table.md").read_text()
     assert "skipped" in table and "nudity" in table.lower()
     assert not list((out / "sd-nudity" / "runs").glob("*.partial"))
+
+
+@pytest.mark.slow
+def test_object_accuracy_is_na_without_weights_and_computed_with_them(tmp_path, cache_root):
+    """sd-object smoke: without --imagenet-classifier the UA columns are n/a with the reason (never 0); with a
+    torchvision-format ResNet-50 state dict (random weights, loaded strictly) they are computed."""
+    import torchvision
+
+    prompts = write_prompt_files(tmp_path / "prompts")
+    common = ["--methods", "original", "--task", "sd-object", "--profile", "smoke", "--cache", str(cache_root),
+              "--prompts-dir", str(prompts)]
+    assert run_cli(*common, "--out", str(tmp_path / "a")) == 0
+    row = json.loads(next((tmp_path / "a" / "sd-object" / "runs").glob("*/row.json")).read_text())
+    assert math.isnan(row["ua"]) and row["object_acc_note"].startswith("not available: pass --imagenet-classifier")
+    table = (tmp_path / "a" / "sd-object" / "table.md").read_text()
+    assert "| n/a |" in table and "--imagenet-classifier" in table
+    weights = tmp_path / "resnet50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), weights)
+    assert run_cli(*common, "--out", str(tmp_path / "b"), "--imagenet-classifier", str(weights)) == 0
+    row = json.loads(next((tmp_path / "b" / "sd-object" / "runs").glob("*/row.json")).read_text())
+    assert 0.0 <= row["ua"] <= 1.0 and 0.0 <= row["retain_acc"] <= 1.0 and "object_acc_note" not in row
+    sets = {s["name"]: s for s in json.loads(row["eval_sets"])}
+    assert sets["imagenette-eval"]["rows"] == 1 and sets["imagenette-eval-remain"]["rows"] == 2  # fixture rows

@@ -6,6 +6,7 @@ One place for both the Markdown/LaTeX output (``views``) and the HTML page (``ht
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -78,6 +79,9 @@ def _caption(task: str, profile: str, df: pd.DataFrame) -> str:
     def values(col: str) -> list:
         return sorted(int(v) for v in df[col].unique())
 
+    if "kind" in df and (df["kind"] == "concept").any():
+        return _concept_caption(task, profile, df, values)
+
     return (f"{task}, profile {profile}, data {_uniq(df, 'dataset_variant')}: forget class(es) "
             f"{values('forget_class')}, base models (base seeds) {values('base_seed')}, unlearning seeds "
             f"{values('seed')}; mean ± sample sd over a row's cells (95% intervals: Student t, rows with ≥ 3 "
@@ -103,3 +107,35 @@ def _overrides(df: pd.DataFrame) -> list[tuple[str, str]]:
 def _override_notes(df: pd.DataFrame) -> str:
     parts = [f"**{_md_cell(label)}**: {_md_cell(text)}" for label, text in _overrides(df)]
     return ("Non-default settings (`--set`, `--steps`): " + "; ".join(parts) + "\n") if parts else ""
+
+
+def _concept_caption(task: str, profile: str, df: pd.DataFrame, values) -> str:
+    """Concept tasks: which concepts, how images were drawn, which sets and metrics, and what is n/a."""
+    sets: list[str] = []
+    for text in _strs(df, "eval_sets"):
+        try:
+            listed = json.loads(text)
+        except ValueError:
+            listed = []
+        for es in listed if isinstance(listed, list) else []:
+            item = f"{es.get('use')} {es.get('name')} ({es.get('rows')} rows, {es.get('images')} images)"
+            if item not in sets:
+                sets.append(item)
+    concepts = sorted(set(_strs(df, "concept")) - {""})
+    parts = [f"{task}, profile {profile}: concept(s) {', '.join(concepts) or values('forget_class')}, base models "
+             f"{_uniq(df, 'base_hash')}, unlearning seeds {values('seed')}; mean ± sample sd over a row's cells. "
+             f"Sampling: {_sampler_text(df)}. Evaluation sets: {'; '.join(sets) or '?'}."]
+    if "ua" in df and pd.to_numeric(df["ua"], errors="coerce").notna().any() and "concept_acc_note" not in df:
+        parts.append(f"UA and retain acc from the {_uniq(df, 'fid_features')} (test acc "
+                     f"{_uniq(df, 'classifier_test_acc', '{:.3f}')}); FID on its features against the real "
+                     f"remaining images.")
+    if "nudity_detector" in df:
+        parts.append(f"Nudity: {_uniq(df, 'nudity_detector')} at score ≥ {_uniq(df, 'nudity_threshold')} "
+                     f"(NudeNet v3: not comparable with the NudeNet v2 numbers of ESD, SA, SFD and I2P).")
+    from bench.reports.format import unavailable_notes
+
+    notes = sorted(set(unavailable_notes(df).values()))
+    if notes:
+        parts.append("n/a: " + "; ".join(notes) + ".")
+    parts.append(f"Times on {_uniq(df, 'device')}.")
+    return " ".join(parts)

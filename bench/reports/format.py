@@ -32,6 +32,20 @@ def _fmt(values: pd.Series, fmt: str) -> str:
     return s
 
 
+def unavailable_notes(df: pd.DataFrame) -> dict[str, str]:
+    """Column -> the reason a metric could not be computed (``<metric>_columns`` / ``<metric>_note``)."""
+    out: dict[str, str] = {}
+    for col in [c for c in df.columns if c.endswith("_columns")]:
+        note_col = col[: -len("_columns")] + "_note"
+        if note_col not in df:
+            continue
+        for cols, note in zip(df[col], df[note_col]):
+            if isinstance(cols, str) and isinstance(note, str) and note:
+                for key in cols.split(","):
+                    out.setdefault(key, note)
+    return out
+
+
 def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 

@@ -12,7 +12,17 @@ from typing import Any
 import pandas as pd
 
 from bench.reports.captions import guidance_text
-from bench.reports.format import _fmt, _interval_text, _json_or_none, _md_cell, _missing, _num, _parse_json, _strs
+from bench.reports.format import (
+    _fmt,
+    _interval_text,
+    _json_or_none,
+    _md_cell,
+    _missing,
+    _num,
+    _parse_json,
+    _strs,
+    unavailable_notes,
+)
 from bench.reports.groups import COLUMNS, GROUP_KEYS, OPTIONAL, PEAK, _headers, _is_ref, _label_order, _prepare
 from bench.reports.stats import _spread_sds, interval
 
@@ -82,8 +92,11 @@ def _block(g: pd.DataFrame, label: str, is_ref: bool, ctx: _Ctx) -> _Block:
     first = g.iloc[0]
 
     agg: dict[str, Any] = {"method": label, "cells": len(g), "reference": is_ref}
+    na = unavailable_notes(g)
     for key in ctx.keys:
         agg[headers[key]] = _fmt(g[key], fmts[key])
+        if agg[headers[key]] == "–" and key in na:
+            agg[headers[key]] = "n/a"  # the reason is in the caption
     if ctx.sampler:
         steps = _num(first["sampler_steps"])
         agg["sampler"] = ("skipped: " + str(first.get("skip_reason", "")) if first.get("status") == "skipped" else

@@ -69,8 +69,12 @@ def train_digits_sd(out: Path, recipe: DigitsSDRecipe, log=print) -> dict:
     t0 = time.perf_counter()
 
     # 1. the VAE: reconstruction + a small KL, so latents carry the digit and stay near N(0, s^2)
+    from tqdm.auto import tqdm
+
     vae.train()
     opt = torch.optim.Adam(vae.parameters(), lr=recipe.vae_lr)
+    bar = tqdm(total=recipe.vae_steps + recipe.unet_steps, desc="sd-digits base (VAE, then UNet)",
+               dynamic_ncols=True, leave=False)
     for step in range(recipe.vae_steps):
         idx = torch.randint(0, len(x), (recipe.batch,), generator=g)
         post = vae.encode(x[idx]).latent_dist
@@ -80,8 +84,9 @@ def train_digits_sd(out: Path, recipe: DigitsSDRecipe, log=print) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        bar.update(1)
         if step % 200 == 0 or step + 1 == recipe.vae_steps:
-            log(f"vae {step + 1}/{recipe.vae_steps}: loss {float(loss):.4f}")
+            log(f"vae {step + 1}/{recipe.vae_steps}: loss {loss.item():.4f}")
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         mean = torch.cat([vae.encode(x[s:s + 256]).latent_dist.mean for s in range(0, len(x), 256)])
@@ -115,8 +120,10 @@ def train_digits_sd(out: Path, recipe: DigitsSDRecipe, log=print) -> dict:
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
         sched.step()
+        bar.update(1)
         if step % 250 == 0 or step + 1 == recipe.unet_steps:
-            log(f"unet {step + 1}/{recipe.unet_steps}: loss {float(loss):.4f}")
+            log(f"unet {step + 1}/{recipe.unet_steps}: loss {loss.item():.4f}")
+    bar.close()
     unet_s = time.perf_counter() - t1
     unet.eval()
     pipe.save_pretrained(out, safe_serialization=True)
