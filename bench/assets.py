@@ -95,9 +95,10 @@ class Assets:
 
     def __init__(self, task: Task, profile: Profile, device: torch.device, cache_root: Path | None = None,
                  base_seed: int = 0, precision: Precision | None = None, data_root: Path | None = None,
-                 base_model: Path | None = None, base_weights: str = "ema"):
+                 base_model: Path | None = None, base_weights: str = "ema", classifier_path: Path | None = None):
         self.task, self.profile, self.device = task, profile, device
         self.base_model_path = Path(base_model) if base_model else None
+        self.classifier_path = Path(classifier_path) if classifier_path else None
         self.base_weights = base_weights
         self.precision = precision or Precision()
         self.base_seed = int(base_seed)
@@ -245,6 +246,8 @@ class Assets:
 
     # --- classifier -------------------------------------------------------------------------
     def classifier(self) -> torch.nn.Module:
+        if self._classifier is None and self.classifier_path is not None:
+            self._classifier = self._load_user_classifier(self.classifier_path)
         if self._classifier is None:
             key = {"v": ASSET_VERSION, "task": self.task.name, "variant": self.task.dataset_variant,
                    "recipe": _recipe_key(self.classifier_recipe), "seed": CLASSIFIER_SEED,
@@ -266,6 +269,42 @@ class Assets:
             for p in self._classifier.parameters():
                 p.requires_grad_(False)
         return self._classifier
+
+    def _load_user_classifier(self, path: Path) -> torch.nn.Module:
+        """``--classifier``: the user's weights for the task's classifier architecture (a safetensors file or a
+        ``.pt``/``.pth`` state dict, loaded with ``weights_only=True``), checked key by key and shape by shape;
+        its test accuracy and per-class recall are measured here on the task's test split."""
+        from bench.models.checkpoints import check_state
+
+        if not path.is_file():
+            raise BenchError(f"--classifier {path}: no such file")
+        try:
+            state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
+                                                                                           weights_only=True)
+        except Exception as exc:
+            raise BenchError(f"--classifier {path}: cannot read it as safetensors or a weights-only torch file "
+                             f"({type(exc).__name__}: {exc})") from exc
+        for wrapper in ("state_dict", "model"):
+            if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+                state = state[wrapper]
+        if not isinstance(state, dict):
+            raise BenchError(f"--classifier {path}: expected a state dict, found {type(state).__name__}")
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        net = self.make_classifier()
+        check_state(net, state, path, f"{self.task.name} classifier")
+        net.load_state_dict(state)
+        net = net.to(self.device).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        s = self.splits
+        pred = predict(net, s.test_x, batch=self.profile.eval_batch).argmax(1)
+        digest = file_sha256(path)
+        self.classifier_meta = {
+            "kind": "user", "path": str(path), "sha256": digest, "files": {"classifier.safetensors": digest},
+            "test_acc": float((pred == s.test_y).float().mean()),
+            "test_recall": [float((pred[s.test_y == c] == c).float().mean()) for c in range(self.task.num_classes)],
+            "params": count_params(net)}
+        return net
 
     def _train_classifier(self, out: Path, key: dict) -> dict:
         torch.manual_seed(CLASSIFIER_SEED)

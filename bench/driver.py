@@ -67,7 +67,8 @@ class Driver:
                  pretrain_steps: int | None = None, inception_weights: str | None = None,
                  shard: tuple[int, int] = (0, 1), prompts_dir: Path | None = None, allow_pickle: bool = False,
                  base_label: str = "", one_step_generator: str | None = None,
-                 concept_options: dict | None = None) -> None:
+                 concept_options: dict | None = None, classifier_path: Path | None = None,
+                 forget_images: Path | None = None, remain_images: Path | None = None) -> None:
         self.out = Path(out)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -80,6 +81,7 @@ class Driver:
         self.base_model, self.base_weights = base_model, base_weights
         self.pretrain_steps = pretrain_steps
         self.inception_weights = inception_weights
+        self.classifier_path = Path(classifier_path) if classifier_path else None
         self._base_model_hash: str | None = None
         self._assets: dict[tuple[str, str, int], Assets] = {}
         self._tasks: dict[str, Task] = {}
@@ -91,6 +93,7 @@ class Driver:
         self.prompts_dir, self.allow_pickle, self.base_label = prompts_dir, allow_pickle, base_label
         self.one_step_generator = one_step_generator
         self.concept_options = concept_options or {}
+        self.forget_images, self.remain_images = forget_images, remain_images
         self._concept_assets: dict[tuple[str, str], Any] = {}
 
     def get_task(self, name: str) -> Task:
@@ -112,7 +115,8 @@ class Driver:
         key = (task.name, profile, base_seed)
         if key not in self._assets:
             self._assets[key] = Assets(task, self.profile(task, profile), self.device, self.cache_root, base_seed,
-                                       self.precision, self.data_root, self.base_model, self.base_weights)
+                                       self.precision, self.data_root, self.base_model, self.base_weights,
+                                       self.classifier_path)
             self._assets[key].inception_weights = self.inception_weights
         return self._assets[key]
 
@@ -124,7 +128,8 @@ class Driver:
 
             self._concept_assets[key] = ConceptAssets(task, task.profile(profile), self.device,
                                                       self.cache_root or default_cache_root(), self.base_model,
-                                                      self.allow_pickle, self.prompts_dir, self._log)
+                                                      self.allow_pickle, self.prompts_dir, self._log,
+                                                      self.forget_images, self.remain_images)
         return self._concept_assets[key]
 
     def profile(self, task: Task, name: str):
@@ -195,9 +200,17 @@ class Driver:
                     "base_model": ({"sha256": self.base_model_hash(), "weights": self.base_weights}
                                    if self.base_model else None),
                     "code": {"harness": harness_version(), "method": method_version(cls)}}
+        if self.classifier_path is not None and kind == "class":
+            from bench.hashing import file_sha256
+
+            if not self.classifier_path.is_file():
+                raise BenchError(f"--classifier {self.classifier_path}: no such file")
+            identity["classifier"] = file_sha256(self.classifier_path)
         if kind == "concept":
             identity.update(kind="concept", concept=task.concepts[spec.forget_class],
-                            prompts_dir=None, base_label=self.base_label or None)
+                            base_label=self.base_label or None,
+                            user_images={k: _folder_digest(v) for k, v in (("forget", self.forget_images),
+                                                                             ("remain", self.remain_images)) if v})
         cell_id = content_hash(identity, 10)
         name = f"{cls.name}-f{spec.forget_class}-b{spec.base_seed}-s{spec.seed}-{profile.name}-{cell_id}"
         return cfg, identity, name
@@ -306,6 +319,7 @@ class Driver:
             "classifier_test_acc": clf_meta.get("test_acc"),
             "classifier_forget_recall": clf_meta.get("test_recall", [None] * (forget + 1))[forget],
             "classifier_hash": clf_meta.get("files", {}).get("classifier.safetensors", "")[:16],
+            "classifier_source": clf_meta.get("path", "harness"),
             "base_training_seed": BASE_SEED + spec.base_seed,
             "base_hash": (base_meta.get("sha256") or base_meta.get("files", {}).get(_raw_weights(base_meta), ""))[:16],
             "base_steps": base_meta.get("steps"),
@@ -406,3 +420,16 @@ def _check_finite(row: dict, name: str, log) -> None:
     bad = [k for k in core if isinstance(row.get(k), float) and math.isnan(row[k])]
     if bad:
         log(f"warning: {name}: non-finite values for {', '.join(bad)}")
+
+
+def _folder_digest(folder: Path) -> str:
+    """SHA-256 over the names and contents of a folder's files (the user's training images are part of a cell)."""
+    import hashlib
+
+    from bench.hashing import file_sha256
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(folder)).encode())
+        h.update(file_sha256(f).encode())
+    return h.hexdigest()

@@ -182,3 +182,74 @@ class FidCoco(ConceptMetric):
         if not ev.options.get("coco_images"):
             return self.unavailable("pass --coco-images DIR (COCO val2014 images named by image_id)")
         return self.unavailable("FID against COCO is not implemented in this version")
+
+
+def _inception(ev):
+    """Inception-v3 pool features in clean-fid's mode, or the reason they are not available."""
+    from bench.errors import BenchError
+    from metrics.inception import InceptionFeatures, find_inception
+
+    try:
+        src = find_inception(ev.options.get("inception_weights"))
+    except BenchError as exc:
+        return None, str(exc)
+    batch = 64 if ev.assets.device.type == "cuda" else 8
+    return InceptionFeatures(src, ev.assets.device, batch, mode="clean"), ""
+
+
+@register_metric("fid_vs_original")
+class FidVsOriginal(ConceptMetric):
+    """A drift measure, not realism: FID between the unlearned and the base model's images of the remain sets."""
+
+    directions = {"fid_vs_original": False}
+    definition = ("FID between the unlearned model's and the base model's images of the same remain-set prompts "
+                  "and seeds (Inception-v3 pool features, clean-fid resizing; base images rendered once and "
+                  "cached): how far the retained concepts drifted, not image realism")
+    families = frozenset({"nudity", "object", "style", "celebrity"})
+
+    def compute(self, ev) -> dict:
+        import numpy as np
+
+        from metrics.inception import feature_stats, frechet_distance
+
+        ext, why = _inception(ev)
+        if ext is None:
+            return self.unavailable(why)
+        gen, base = [], []
+        for _n, es, imgs in ev.of_use("remain"):
+            gen.append(ext(imgs))
+            base.append(ext(ev.assets.base_renders(es)))
+        g, b = np.concatenate(gen), np.concatenate(base)
+        if len(g) < 2:
+            return self.unavailable("fewer than 2 remain-set images")
+        return {"fid_vs_original": frechet_distance(*feature_stats(g), *feature_stats(b)),
+                "fid_vs_original_n": len(g), "fid_vs_original_features": f"inception-v3 ({ext.source.sha256[:12]})"}
+
+
+@register_metric("style_shift")
+class StyleShift(ConceptMetric):
+    """Proxy (reconstruction): how much each image moved away from the base model's image of the same prompt."""
+
+    directions = {"style_shift_forget": True, "style_shift_remain": False}
+    definition = ("sd-style proxy (reconstruction, no offline style classifier): mean cosine distance between "
+                  "Inception-v3 pool features of the unlearned and the base image of the same prompt and seed, on "
+                  "the forget artist's prompts (higher = more changed) and the other artists' (lower = kept)")
+    families = frozenset({"style"})
+
+    def compute(self, ev) -> dict:
+        import numpy as np
+
+        ext, why = _inception(ev)
+        if ext is None:
+            return self.unavailable(why)
+        out = {}
+        for use in ("forget", "remain"):
+            dists = []
+            for _n, es, imgs in ev.of_use(use):
+                if not es.name.startswith("styles"):
+                    continue
+                a, b = ext(imgs), ext(ev.assets.base_renders(es))
+                cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+                dists.append(1.0 - cos)
+            out[f"style_shift_{use}"] = float(np.concatenate(dists).mean()) if dists else math.nan
+        return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections import namedtuple
+from pathlib import Path
 
 import pytest
 import torch
@@ -213,12 +214,13 @@ def test_object_accuracy_is_na_without_weights_and_computed_with_them(tmp_path, 
     torchvision-format ResNet-50 state dict (random weights, loaded strictly) they are computed."""
     import torchvision
 
-    prompts = write_prompt_files(tmp_path / "prompts")
+    prompts = _object_prompts(tmp_path)
     common = ["--methods", "original", "--task", "sd-object", "--profile", "smoke", "--cache", str(cache_root),
               "--prompts-dir", str(prompts)]
     assert run_cli(*common, "--out", str(tmp_path / "a")) == 0
     row = json.loads(next((tmp_path / "a" / "sd-object" / "runs").glob("*/row.json")).read_text())
-    assert math.isnan(row["ua"]) and row["object_acc_note"].startswith("not available: pass --imagenet-classifier")
+    assert math.isnan(float(row["ua"]))
+    assert row["object_acc_note"].startswith("not available: pass --imagenet-classifier")
     table = (tmp_path / "a" / "sd-object" / "table.md").read_text()
     assert "| n/a |" in table and "--imagenet-classifier" in table
     weights = tmp_path / "resnet50.pth"
@@ -227,4 +229,75 @@ def test_object_accuracy_is_na_without_weights_and_computed_with_them(tmp_path, 
     row = json.loads(next((tmp_path / "b" / "sd-object" / "runs").glob("*/row.json")).read_text())
     assert 0.0 <= row["ua"] <= 1.0 and 0.0 <= row["retain_acc"] <= 1.0 and "object_acc_note" not in row
     sets = {s["name"]: s for s in json.loads(row["eval_sets"])}
-    assert sets["imagenette-eval"]["rows"] == 1 and sets["imagenette-eval-remain"]["rows"] == 2  # fixture rows
+    assert sets["imagenette-eval"]["rows"] == 1 and sets["imagenette-eval-remain"]["rows"] == 9
+
+
+def test_list_shows_concepts_profiles_sets_and_task_kinds(capsys):
+    assert main(["list", "tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "sd-style:" in out and "0: Van Gogh" in out and "profile paper: 512 px, DDIM 50, s 7.5" in out
+    assert "forget i2p-all" in out and "remain coco-10k" in out
+    assert main(["list", "methods"]) == 0
+    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()[1:]}
+    assert " concept " in lines["esd"] and "class,concept" in lines["salun"] and "class " in lines["sfron"]
+
+
+@pytest.mark.slow
+def test_drift_metrics_are_zero_for_the_original_and_na_without_inception(tmp_path, cache_root, monkeypatch):
+    """fid_vs_original and style_shift compare with the base model's images of the same prompts and seeds:
+    the Original's own images give 0 (or n/a with the reason when no Inception weights are on the machine)."""
+    from bench.errors import BenchError
+    from metrics.inception import find_inception
+
+    prompts = write_prompt_files(tmp_path / "prompts")
+    artists = ("Van Gogh", "Pablo Picasso", "Rembrandt", "Andy Warhol", "Caravaggio")
+    (prompts / "styles-big-artists.csv").write_text(  # every artist twice (the shared fixture has three)
+        ",case_number,prompt,evaluation_seed,artist\n"
+        + "".join(f'{i},{i},"A scene, in the style of {a}",{100 + i},{a}\n' for i, a in enumerate(artists * 2)),
+        encoding="utf-8")
+    common = ["--methods", "original", "--task", "sd-style", "--profile", "smoke", "--cache", str(cache_root),
+              "--prompts-dir", str(prompts)]
+    with monkeypatch.context() as mp:  # a machine without any Inception weights
+        mp.setattr("metrics.inception.candidate_paths", lambda: [("torch-fidelity", tmp_path / "a.pth"),
+                                                                  ("clean-fid", tmp_path / "b.pt")])
+        assert run_cli(*common, "--out", str(tmp_path / "a")) == 0
+    row = json.loads(next((tmp_path / "a" / "sd-style" / "runs").glob("*/row.json")).read_text())
+    assert math.isnan(float(row["fid_vs_original"])) and "no Inception-v3 weights" in row["fid_vs_original_note"]
+    assert math.isnan(float(row["style_shift_forget"])) and row["style_shift_note"].startswith("not available")
+    try:
+        find_inception()
+    except BenchError:
+        pytest.skip("no Inception-v3 weights on this machine")
+    assert run_cli(*common, "--out", str(tmp_path / "b")) == 0
+    row = json.loads(next((tmp_path / "b" / "sd-style" / "runs").glob("*/row.json")).read_text())
+    assert row["style_shift_forget"] == pytest.approx(0.0, abs=1e-6)
+    assert row["style_shift_remain"] == pytest.approx(0.0, abs=1e-6)
+    assert abs(row["fid_vs_original"]) < 1e-3
+
+
+def _object_prompts(tmp_path: Path) -> Path:
+    from bench.sd.prompts import IMAGENETTE_CLASSES
+
+    prompts = write_prompt_files(tmp_path / "prompts")
+    (prompts / "imagenette-eval.csv").write_text(  # all ten classes (the shared fixture has three)
+        "\ufeffcase_number,prompt,evaluation_seed,class,classidx\n"
+        + "".join(f"{i},Image of {c},{4000 + i},{c},{i}\n" for i, c in enumerate(IMAGENETTE_CLASSES)), encoding="utf-8")
+    return prompts
+
+
+def test_user_training_images_replace_the_generated_ones(tmp_path, cache_root):
+    from PIL import Image
+
+    for d, n in (("forget/tench", 3), ("remain/church", 2), ("remain/golf_ball", 1)):
+        (tmp_path / d).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (24, 20), (40 * i, 90, 200)).save(tmp_path / d / f"{i}.png")
+    out = tmp_path / "out"
+    assert run_cli("--methods", "rl", "--task", "sd-object", "--profile", "smoke", "--cache", str(cache_root),
+                   "--prompts-dir", str(_object_prompts(tmp_path)), "--out", str(out),
+                   "--forget-images", str(tmp_path / "forget"), "--remain-images", str(tmp_path / "remain")) == 0
+    row = json.loads(next((out / "sd-object" / "runs").glob("*/row.json")).read_text())
+    assert row["data_forget_images"] == 3 and row["data_remain_images"] == 3
+    assert row["data_source"].startswith("user images (forget, remain)")
+    assert run_cli("--methods", "rl", "--task", "sd-object", "--profile", "smoke", "--out", str(out),
+                   "--forget-images", str(tmp_path / "nowhere")) == 2

@@ -35,7 +35,9 @@ def _concept_kwargs(c: dict | None) -> dict:
     return {"prompts_dir": Path(c["prompts_dir"]) if c.get("prompts_dir") else None,
             "allow_pickle": bool(c.get("allow_pickle")), "base_label": c.get("base_label") or "",
             "one_step_generator": c.get("one_step_generator"), "concept_options": c.get("options") or {},
-            "shard": _parse_shard(c.get("shard"))}
+            "shard": _parse_shard(c.get("shard")),
+            "forget_images": Path(c["forget_images"]) if c.get("forget_images") else None,
+            "remain_images": Path(c["remain_images"]) if c.get("remain_images") else None}
 
 
 def _worker_driver(ctx: dict):
@@ -43,7 +45,7 @@ def _worker_driver(ctx: dict):
     key = (ctx["out"], ctx["cache"], ctx["device"], ctx["task"], ctx["fid_backend"], tuple(ctx["plugins"]),
            ctx.get("precision"), ctx.get("data_root"), ctx.get("base_model"), ctx.get("base_weights"),
            ctx.get("pretrain_steps"), ctx.get("fid_features"), ctx.get("inception_weights"), ctx.get("paper_compat"),
-           repr(ctx.get("concept")))
+           repr(ctx.get("concept")), ctx.get("classifier"))
     if key not in _DRIVERS:
         import torch
 
@@ -64,7 +66,8 @@ def _worker_driver(ctx: dict):
                                data_root=Path(opt("data_root")) if opt("data_root") else None,
                                base_model=Path(opt("base_model")) if opt("base_model") else None,
                                base_weights=opt("base_weights") or "ema", pretrain_steps=opt("pretrain_steps"),
-                               inception_weights=opt("inception_weights"), **_concept_kwargs(ctx.get("concept")))
+                               inception_weights=opt("inception_weights"), **_concept_kwargs(ctx.get("concept")),
+                               classifier_path=Path(opt("classifier")) if opt("classifier") else None)
     return _DRIVERS[key]
 
 
@@ -134,12 +137,16 @@ def run_sweep(args) -> int:
            "base_weights": args.base_weights, "pretrain_steps": args.pretrain_steps,
            "fid_features": args.fid_features, "inception_weights": args.inception_weights,
            "paper_compat": args.paper_compat,
+           "classifier": str(Path(args.classifier).resolve()) if getattr(args, "classifier", None) else None,
            # concept tasks: the cells of a sweep share one folder of prompt files, metric inputs and settings
            "concept": {"prompts_dir": str(Path(args.prompts_dir).resolve()) if args.prompts_dir else None,
                        "allow_pickle": args.allow_pickle, "base_label": args.base_label,
                        "one_step_generator": args.one_step_generator,
-                       "options": {k: getattr(args, k) for k in ("imagenet_classifier", "clip_model", "coco_images")},
-                       "shard": args.shard}}
+                       "options": {k: getattr(args, k) for k in ("imagenet_classifier", "clip_model", "coco_images",
+                                                                 "inception_weights")},
+                       "shard": args.shard,
+                       "forget_images": str(Path(args.forget_images).resolve()) if args.forget_images else None,
+                       "remain_images": str(Path(args.remain_images).resolve()) if args.remain_images else None}}
     init = {"address": args.address, "include_dashboard": False, "log_to_driver": False, "logging_level": "warning",
             "runtime_env": {"env_vars": {"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}}}
     if not args.address:

@@ -27,18 +27,24 @@ DIGITS_SEED_BASE = 5_000_000  # evaluation seeds of sd-digits: base + 10_000 * d
 class ConceptAssets:
     def __init__(self, task: ConceptTask, profile: ConceptProfile, device: torch.device, cache_root: Path,
                  base_model: Path | None = None, allow_pickle: bool = False, prompts_dir: Path | None = None,
-                 log=None) -> None:
+                 log=None, forget_images: Path | None = None, remain_images: Path | None = None) -> None:
         self.task, self.profile, self.device = task, profile, device
         self.cache_root = Path(cache_root)
         self.root = self.cache_root / task.name
         self.base_model_path = Path(base_model) if base_model else None
         self.allow_pickle = allow_pickle
         self.prompts_dir = prompts_dir
+        self.forget_images, self.remain_images = forget_images, remain_images
         self._model: SDModel | None = None
         self._classifier = None
         self.base_meta: dict = {}
         self.classifier_meta: dict = {}
         self._log = log or (lambda m: print(m, file=sys.stderr))
+
+    @property
+    def sample_dtype(self) -> torch.dtype:
+        """fp16 sampling on CUDA when the profile says so (SD v1's VAE is fp16-safe); fp32 on a CPU."""
+        return torch.float16 if (self.device.type == "cuda" and self.profile.dtype_sample == "fp16") else torch.float32
 
     # --- the base model ----------------------------------------------------------------------
     def model_folder(self) -> tuple[Path, bool]:
@@ -100,14 +106,15 @@ class ConceptAssets:
             return ConceptData(u8[f], [caption(k)] * int(f.sum()), u8[r], [caption(int(c)) for c in y[r]],
                                u8[y == cover], {"data_source": "real digits (sklearn, upsampled)",
                                                 "forget_images": int(f.sum()), "remain_images": int(r.sum())})
-        from bench.sd.data import generated_data
+        from bench.sd.data import generated_data, user_images
         from bench.sd.sampler import PromptSampler
 
         m = self.model()
+        given = user_images(self.task, k, self.profile.px, self.forget_images, self.remain_images)
         sampler = PromptSampler(m, m.unet, self.profile.sampler_steps, self.profile.guidance, self.profile.px,
-                                "base", self.profile.eval_batch)
+                                "base", self.profile.eval_batch, dtype=self.sample_dtype)
         return generated_data(sampler, prompts, self.profile.n_forget_images, self.profile.n_remain_images,
-                              data_seed, self.root, self.base_meta.get("base_hash", ""), self._log)
+                              data_seed, self.root, self.base_meta.get("base_hash", ""), self._log, given)
 
     # --- evaluation sets ---------------------------------------------------------------------
     def eval_sets(self, k: int) -> list[tuple[str, object]]:
@@ -131,6 +138,22 @@ class ConceptAssets:
                                          requests=tuple(dataclasses.replace(r, set=name) for r in es.requests))
             out.append((plan.use, es))
         return out
+
+    def base_renders(self, es) -> torch.Tensor:
+        """The base model's images of an evaluation set (same requests, same sampler), rendered once and cached
+        under ``<cache>/<task>/base-renders/``: the reference of ``fid_vs_original`` and ``style_shift``."""
+        from bench.sd import shards
+        from bench.sd.sampler import PromptSampler
+
+        m = self.model()
+        sampler = PromptSampler(m, m.unet, self.profile.sampler_steps, self.profile.guidance, self.profile.px, "base",
+                                self.profile.eval_batch, dtype=self.sample_dtype)
+        key = {"base": self.base_meta.get("base_hash", ""), "sampler": sampler.describe()}
+        folder = self.root / "base-renders" / content_hash(key, 12)
+        shards.prepare(folder, key)
+        shards.render_set(lambda reqs: sampler.sample(reqs, es.images_per_row), es, folder, (0, 1),
+                          self.profile.eval_batch)
+        return shards.collect(es, folder)
 
     # --- the digits classifier (sd-digits) ---------------------------------------------------
     def classifier(self):

@@ -81,11 +81,8 @@ def run_concept_cell(drv, spec, cfg, identity: dict, name: str, folder: Path) ->
         drv._log(f"{name}: reusing the unlearned UNet from {unet_file} (cost measured when it was trained)")
     else:
         seed_everything(spec.seed)
-        t_setup = time.perf_counter()
-        data = assets.data(k)
-        data_s = time.perf_counter() - t_setup
         with PeakMemory(drv.device) as mem, counts.counting_optimizer_steps():
-            ctx = ConceptContext(model, task, profile, k, spec.seed, counts, watch, data, probe,
+            ctx = ConceptContext(model, task, profile, k, spec.seed, counts, watch, lambda: assets.data(k), probe,
                                  progress=drv.progress, label=name.rsplit("-", 1)[0], memory=mem,
                                  one_step_generator=getattr(drv, "one_step_generator", None))
             counts.enabled = True
@@ -103,7 +100,7 @@ def run_concept_cell(drv, spec, cfg, identity: dict, name: str, folder: Path) ->
                 "grad_steps": counts.optimizer_steps, "backward_passes": counts.backward_passes,
                 "forward_images": dict(counts.forward_images), "backward_by_net": dict(counts.backward_by_net),
                 "peak_mem_unlearn_mb": mem.peak_mb, "peak_mem_kind": mem.kind, "probe_s": ctx.probe_seconds,
-                "data_s": data_s, "data": data.info, "info": ctx.info, "curve": ctx.curve, "logs": ctx.logs,
+                "data": ctx.data_info, "info": ctx.info, "curve": ctx.curve, "logs": ctx.logs,
                 "skip_reason": skip_reason, "sampler": gen.describe() if gen is not None else {}}
         if gen is not None:
             unet = gen.net
@@ -116,9 +113,8 @@ def run_concept_cell(drv, spec, cfg, identity: dict, name: str, folder: Path) ->
     if unet is not None:
         from bench.sd.sampler import PromptSampler
 
-        dtype = torch.float16 if (drv.device.type == "cuda" and profile.dtype_sample == "fp16") else torch.float32
         sampler = PromptSampler(model, unet, profile.sampler_steps, profile.guidance, profile.px, "final",
-                                profile.eval_batch, dtype=dtype)
+                                profile.eval_batch, dtype=assets.sample_dtype)
         render_dir = folder.parent / f"{folder.name}.partial" / "samples"
         shards.prepare(render_dir, {"cell": name, "weights": cost.get("weights_sha256", ""),
                                     "sampler": sampler.describe()})
@@ -170,11 +166,12 @@ def run_concept_cell(drv, spec, cfg, identity: dict, name: str, folder: Path) ->
         "forward_images": int(sum(cost.get("forward_images", {}).values())),
         "nfe": nfe, **sampler_desc,
         "prepare_s": prepare_s, "setup_s": cost.get("setup_s", 0.0), "unlearn_s": cost.get("unlearn_s", 0.0),
-        "sample_s": sample_s, "evaluate_s": evaluate_s, "data_s": cost.get("data_s", 0.0),
+        "sample_s": sample_s, "evaluate_s": evaluate_s,
         "cost_carried": reused,
         "peak_mem_unlearn_mb": cost.get("peak_mem_unlearn_mb", math.nan),
         "peak_mem_evaluate_mb": mem_eval.peak_mb, "peak_mem_kind": cost.get("peak_mem_kind", mem_eval.kind),
         "probe_s": cost.get("probe_s", 0.0),
+        **_target(cost.get("curve", []), profile),
         "eval_sets": json.dumps([{"use": u, **es.describe()} for u, es in sets]),
         "eval_images": int(sum(es.images for _, es in sets)),
         "shards": f"{drv.shard[1]}", "dataset_variant": task.dataset_variant,
@@ -279,3 +276,14 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[pkg] = ""
     return out
+
+
+def _target(curve: list[dict], profile) -> dict:
+    """Time, steps and iterations to the first probe with UA >= the target (tasks with a UA probe only)."""
+    if not curve:
+        return {}
+    from bench.driver import time_to_target
+
+    t = time_to_target(curve, profile.ua_target)
+    return {"ua_target": profile.ua_target, "time_to_target_s": t["s"], "time_to_target_steps": t["steps"],
+            "time_to_target_iters": t["iters"]}

@@ -56,7 +56,7 @@ class SDModel:
         if missing:
             tok = self.tokenizer(list(missing), padding="max_length", max_length=77, truncation=True,
                                  return_tensors="pt")
-            hidden = self.text_encoder(tok.input_ids.to(self.device))[0]
+            hidden = self.text_encoder(tok.input_ids.to(self.device))[0].float()  # fp32 out of an fp16 encoder
             for p, h in zip(missing, hidden):
                 self._text_cache[p] = h
         return torch.stack([self._text_cache[p] for p in prompts])

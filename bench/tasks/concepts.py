@@ -52,6 +52,7 @@ class ConceptProfile:
     n_remain_images: int  # D_r images
     n_probes: int = 0  # probes of the concept metric during unlearning (tasks with a probe only)
     probe_rows: int = 4
+    ua_target: float = 0.9  # time-to-target threshold on the probe UA
     eval_batch: int = 16
     dtype_sample: str = "fp32"  # "fp16" on CUDA for SD v1.x; always fp32 on a CPU
     i2p_guidance: str = "fixed"  # "fixed" (s for every row, as ESD/SalUn/SA) or "per_row" (I2P's own)
