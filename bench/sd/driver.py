@@ -245,6 +245,14 @@ def _grid(images: dict, task, k: int) -> tuple[torch.Tensor, torch.Tensor, list[
     """Eight images of each set for samples.png: the forget set first, labelled by set."""
     names = list(task.concepts)
     imgs, labels = [], []
+    if task.family == "digits":  # one row per digit caption
+        for _name, (_use, es, x) in images.items():
+            digit = torch.tensor([r.case_number // 10_000 for r in es.requests])
+            for d in digit.unique().tolist():
+                sel = x[digit == d][:8]
+                imgs.append(sel)
+                labels += [d] * len(sel)
+        return torch.cat(imgs), torch.tensor(labels), names
     for name, (use, _es, x) in images.items():
         if use == "forget":
             lab = k
