@@ -104,7 +104,7 @@ def run_concept_cell(drv, spec, cfg, identity: dict, name: str, folder: Path) ->
                 "skip_reason": skip_reason, "sampler": gen.describe() if gen is not None else {}}
         if gen is not None:
             unet = gen.net
-            _save_unet(unet_file, unet, cost)
+            _save_unet(unet_file, unet, model.unet, cost)
 
     # --- render every evaluation set (this shard's rows; resumable) ---
     images: dict[str, tuple[str, Any, torch.Tensor]] = {}
@@ -201,6 +201,8 @@ def run_concept_cell(drv, spec, cfg, identity: dict, name: str, folder: Path) ->
     import shutil
 
     shutil.rmtree(folder.parent / f"{folder.name}.partial", ignore_errors=True)
+    unet_file.unlink(missing_ok=True)
+    unet_file.with_suffix(".json").unlink(missing_ok=True)
     return row
 
 
@@ -227,14 +229,18 @@ def _unet_with(base: torch.nn.Module, state: dict) -> torch.nn.Module:
     return net.eval()
 
 
-def _save_unet(path: Path, unet: torch.nn.Module, cost: dict) -> None:
-    """The unlearned UNet's state and its measured cost, so later processes render without retraining."""
+def _save_unet(path: Path, unet: torch.nn.Module, base: torch.nn.Module, cost: dict) -> None:
+    """The tensors unlearning changed (ESD-x on SD v1.x: 176 MB of 3.4 GB) and the measured cost, so a later
+    process (a resumed evaluation, another shard) renders without training again; removed once the cell is
+    written."""
     from safetensors.torch import save
 
     from bench.hashing import atomic_file, file_sha256
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in unet.state_dict().items()}
+    ref = base.state_dict()
+    state = {k: v.detach().to("cpu").contiguous() for k, v in unet.state_dict().items()
+             if k not in ref or not torch.equal(v, ref[k])}
     with atomic_file(path, "wb") as fh:
         fh.write(save(state))
     cost["weights_sha256"] = file_sha256(path)
@@ -245,6 +251,8 @@ def _grid(images: dict, task, k: int) -> tuple[torch.Tensor, torch.Tensor, list[
     """Eight images of each set for samples.png: the forget set first, labelled by set."""
     names = list(task.concepts)
     imgs, labels = [], []
+    if not images:  # a skipped cell drew nothing
+        return torch.zeros((0, 3, 8, 8), dtype=torch.uint8), torch.zeros(0, dtype=torch.long), names
     if task.family == "digits":  # one row per digit caption
         for _name, (_use, es, x) in images.items():
             digit = torch.tensor([r.case_number // 10_000 for r in es.requests])
