@@ -587,6 +587,9 @@ def _check_concept_grid(args, task) -> None:
             raise BenchError(f"{flag} applies to class tasks; {task.name} is a concept task")
     _parse_shard(args.shard)
     prof = task.profile(args.profile)
+    if task.family == "digits" and args.base_model:
+        raise BenchError(f"{task.name} trains its own micro text-to-image model; --base-model applies to the "
+                         f"Stable Diffusion tasks (sd-nudity, sd-object, sd-style, sd-celebrity)")
     if prof.needs_base_model and not args.base_model:
         raise BenchError(f"task {task.name!r}, profile {prof.name!r} needs --base-model PATH: a Stable Diffusion "
                          f"v1.x diffusers folder (v1.4 or v1.5); the smoke profile runs on a built-in micro model")
