@@ -130,11 +130,12 @@ def test_sharded_rendering_resumes_and_assembles(micro, tmp_path):
     assert shards.render_set(render, es, folder, (0, 2)) == 3
     assert shards.collect(es, folder) is None and shards.missing(es, folder) == 3
     # a kill mid-write: a truncated manifest line and a PNG that no longer matches its hash are redone
-    man = folder / "set" / "manifest.csv"
+    man = folder / "set" / "manifest-0of2.csv"
     man.write_text(man.read_text() + "5,0,a cat,10")
     (folder / "set" / "2_0.png").write_bytes(b"corrupt")
     assert shards.render_set(render, es, folder, (1, 2)) == 3
     assert shards.render_set(render, es, folder, (0, 2)) == 1  # only the corrupted image
+    assert len(man.read_text().splitlines()) == 1 + 3 + 1 + 1  # header, 3 rows, the cut line, the redone image
     full = shards.collect(es, folder)
     assert torch.equal(full, sampler.sample(es.requests))
     # images rendered for other weights are never mixed in
@@ -301,3 +302,20 @@ def test_user_training_images_replace_the_generated_ones(tmp_path, cache_root):
     assert row["data_source"].startswith("user images (forget, remain)")
     assert run_cli("--methods", "rl", "--task", "sd-object", "--profile", "smoke", "--out", str(out),
                    "--forget-images", str(tmp_path / "nowhere")) == 2
+
+
+def test_shards_write_their_own_manifests_and_every_process_sees_all(micro, tmp_path):
+    """Processes rendering shards side by side never append to one file; any process reads them all."""
+    from bench.sd.prompts import EvalSet
+    from bench.sd.sampler import PromptSampler
+
+    sampler = PromptSampler(micro, micro.unet, 2, 7.5, 16, batch_size=4)
+    es = EvalSet("set", "x.csv", "", "all", tuple(_requests(5)), 1, 1)
+    folder = tmp_path / "samples"
+    shards.prepare(folder, {"weights": "a"})
+    for i in range(3):
+        shards.render_set(sampler.sample, es, folder, (i, 3))
+    assert sorted(p.name for p in (folder / "set").glob("manifest*.csv")) == [
+        "manifest-0of3.csv", "manifest-1of3.csv", "manifest-2of3.csv"]
+    assert shards.missing(es, folder) == 0 and shards.render_set(sampler.sample, es, folder) == 0
+    assert torch.equal(shards.collect(es, folder), sampler.sample(es.requests))

@@ -36,7 +36,10 @@ def run_cell(driver, spec, resume: bool = True, wait: bool = False) -> dict[str,
     if resume and is_complete(folder):
         driver._log(f"skip {name}: already complete")
         return load_row(folder)
-    lock = claim_path(driver.out, spec.task, name)
+    shard = getattr(driver, "shard", (0, 1))
+    # the shards of one concept cell render side by side: each claims its own part (the training they share
+    # is serialised inside the cell, see bench.sd.driver)
+    lock = claim_path(driver.out, spec.task, name if shard == (0, 1) else f"{name}.shard{shard[0]}of{shard[1]}")
     held = claim(lock, wait=wait)
     if held is None:
         raise CellBusy(name, holder(lock))

@@ -24,8 +24,6 @@ from bench.measure import Counts, PeakMemory, Stopwatch
 from bench.sd import shards
 from bench.sd.context import ConceptContext, SkipCell
 
-ROW_METRIC_CORE = ("ua", "retain_acc", "fid", "nudity_rate")
-
 
 @dataclasses.dataclass
 class ConceptEvalContext:
@@ -65,46 +63,13 @@ def run_concept_cell(drv, spec, cfg, identity: dict, name: str, folder: Path) ->
     cell_id = name.rsplit("-", 1)[1]
     store = assets.root / "unlearned"
     unet_file = store / f"unet-{cell_id}.safetensors"
-    from bench.driver import seed_everything
-
-    counts, watch = Counts(), Stopwatch(drv.device)
     probe = _probe_fn(assets, sets, clf, k) if (clf is not None and profile.n_probes > 0) else None
-    skip_reason = ""
-    cost: dict[str, Any] = {}
-    unet = None
-    reused = unet_file.is_file()
-    if reused:  # a shard or a resumed evaluation: the training was done and measured before
-        from bench.sd.assets import load_unet_state
+    from bench.running.claims import exclusive
 
-        state, cost = load_unet_state(unet_file)
-        unet = _unet_with(model.unet, state)
-        drv._log(f"{name}: reusing the unlearned UNet from {unet_file} (cost measured when it was trained)")
-    else:
-        seed_everything(spec.seed)
-        with PeakMemory(drv.device) as mem, counts.counting_optimizer_steps():
-            ctx = ConceptContext(model, task, profile, k, spec.seed, counts, watch, lambda: assets.data(k), probe,
-                                 progress=drv.progress, label=name.rsplit("-", 1)[0], memory=mem,
-                                 one_step_generator=getattr(drv, "one_step_generator", None))
-            counts.enabled = True
-            watch.start()
-            try:
-                with drv.precision.autocast(drv.device):
-                    gen = method.unlearn_concept(ctx)
-            except SkipCell as exc:
-                skip_reason = str(exc)
-                gen = None
-            unlearn_s = watch.stop()
-            counts.enabled = False
-        ctx.close()
-        cost = {"unlearn_s": unlearn_s, "setup_s": ctx.setup_seconds if ctx.setup_seconds is not None else unlearn_s,
-                "grad_steps": counts.optimizer_steps, "backward_passes": counts.backward_passes,
-                "forward_images": dict(counts.forward_images), "backward_by_net": dict(counts.backward_by_net),
-                "peak_mem_unlearn_mb": mem.peak_mb, "peak_mem_kind": mem.kind, "probe_s": ctx.probe_seconds,
-                "data": ctx.data_info, "info": ctx.info, "curve": ctx.curve, "logs": ctx.logs,
-                "skip_reason": skip_reason, "sampler": gen.describe() if gen is not None else {}}
-        if gen is not None:
-            unet = gen.net
-            _save_unet(unet_file, unet, model.unet, cost)
+    # shards of one cell started together: the first trains, the others wait here and reuse its UNet
+    with exclusive(store / ".locks" / f"unet-{cell_id}.lock"):
+        unet, cost, reused = _unlearned(drv, spec, method, name, assets, model, probe, unet_file)
+    skip_reason = cost.get("skip_reason", "")
 
     # --- render every evaluation set (this shard's rows; resumable) ---
     images: dict[str, tuple[str, Any, torch.Tensor]] = {}
@@ -204,6 +169,49 @@ def run_concept_cell(drv, spec, cfg, identity: dict, name: str, folder: Path) ->
     unet_file.unlink(missing_ok=True)
     unet_file.with_suffix(".json").unlink(missing_ok=True)
     return row
+
+
+def _unlearned(drv, spec, method, name: str, assets, model, probe, unet_file: Path):
+    """``(unet, cost, reused)``: the method's unlearned UNet and its measured cost, trained here, or loaded
+    from ``unet_file`` when an earlier process (a killed evaluation, another shard) trained it; ``unet`` is
+    None for a skipped method (the reason is ``cost["skip_reason"]``)."""
+    from bench.driver import seed_everything
+
+    if unet_file.is_file():
+        from bench.sd.assets import load_unet_state
+
+        state, cost = load_unet_state(unet_file)
+        drv._log(f"{name}: reusing the unlearned UNet from {unet_file} (cost measured when it was trained)")
+        return _unet_with(model.unet, state), cost, True
+    task, profile, k = assets.task, assets.profile, spec.forget_class
+    counts, watch = Counts(), Stopwatch(drv.device)
+    skip_reason = ""
+    seed_everything(spec.seed)
+    with PeakMemory(drv.device) as mem, counts.counting_optimizer_steps():
+        ctx = ConceptContext(model, task, profile, k, spec.seed, counts, watch, lambda: assets.data(k), probe,
+                             progress=drv.progress, label=name.rsplit("-", 1)[0], memory=mem,
+                             one_step_generator=getattr(drv, "one_step_generator", None))
+        counts.enabled = True
+        watch.start()
+        try:
+            with drv.precision.autocast(drv.device):
+                gen = method.unlearn_concept(ctx)
+        except SkipCell as exc:
+            skip_reason = str(exc)
+            gen = None
+        unlearn_s = watch.stop()
+        counts.enabled = False
+    ctx.close()
+    cost = {"unlearn_s": unlearn_s, "setup_s": ctx.setup_seconds if ctx.setup_seconds is not None else unlearn_s,
+            "grad_steps": counts.optimizer_steps, "backward_passes": counts.backward_passes,
+            "forward_images": dict(counts.forward_images), "backward_by_net": dict(counts.backward_by_net),
+            "peak_mem_unlearn_mb": mem.peak_mb, "peak_mem_kind": mem.kind, "probe_s": ctx.probe_seconds,
+            "data": ctx.data_info, "info": ctx.info, "curve": ctx.curve, "logs": ctx.logs,
+            "skip_reason": skip_reason, "sampler": gen.describe() if gen is not None else {}}
+    if gen is None:
+        return None, cost, False
+    _save_unet(unet_file, gen.net, model.unet, cost)
+    return gen.net, cost, False
 
 
 def _probe_fn(assets, sets, clf, k: int):

@@ -44,12 +44,20 @@ def read_png(path: Path) -> torch.Tensor:
         return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
 
 
+def manifest_name(shard: tuple[int, int]) -> str:
+    """One manifest per shard, so processes rendering side by side never append to the same file."""
+    return "manifest.csv" if shard == (0, 1) else f"manifest-{shard[0]}of{shard[1]}.csv"
+
+
 def _done(set_dir: Path) -> dict[tuple[int, int], str]:
     """Requests already rendered: (case_number, k) -> file name, for manifest lines whose PNG matches."""
-    man = set_dir / "manifest.csv"
     out: dict[tuple[int, int], str] = {}
-    if not man.is_file():
-        return out
+    for man in sorted(set_dir.glob("manifest*.csv")):
+        _read_manifest(man, set_dir, out)
+    return out
+
+
+def _read_manifest(man: Path, set_dir: Path, out: dict) -> None:
     with man.open(newline="") as fh:
         for rec in csv.DictReader(fh):
             try:
@@ -61,7 +69,6 @@ def _done(set_dir: Path) -> dict[tuple[int, int], str]:
             path = set_dir / name
             if path.is_file() and len(digest) == 64 and file_sha256(path) == digest:
                 out[key] = name
-    return out
 
 
 def prepare(folder: Path, key: dict) -> None:
@@ -95,7 +102,7 @@ def render_set(render: Callable[[list], torch.Tensor], eval_set, folder: Path, s
     set_dir.mkdir(parents=True, exist_ok=True)
     done = _done(set_dir)
     todo = [r for r in shard_requests(eval_set.requests, shard) if (r.case_number, r.k) not in done]
-    man = set_dir / "manifest.csv"
+    man = set_dir / manifest_name(shard)
     new_file = not man.is_file() or man.stat().st_size == 0
     if not new_file:  # a line cut by a kill must not swallow the next record
         with man.open("rb") as fh:
