@@ -8,6 +8,7 @@ other rows are rendered.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -63,7 +64,7 @@ class PromptSampler:
         """uint8 images on the CPU, one per request, in request order; ``block`` is the images per row."""
         out = []
         device_type = self.model.device.type
-        amp = torch.autocast(device_type, dtype=self.dtype) if self.dtype != torch.float32 else _null()
+        amp = torch.autocast(device_type, dtype=self.dtype) if self.dtype != torch.float32 else contextlib.nullcontext()
         with eval_mode(self.net), amp:
             for s in range(0, len(requests), self.batch_size):
                 chunk = list(requests[s:s + self.batch_size])
@@ -79,11 +80,3 @@ class PromptSampler:
                     on_batch(s, imgs)
                 out.append(imgs)
         return torch.cat(out) if out else torch.empty((0, 3, self.px, self.px), dtype=torch.uint8)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -15,12 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from throughput import timed  # noqa: E402  (median of reps after warm-up, synchronised on CUDA)
 
 from bench.sd.latent import SDModel, ddim_sample  # noqa: E402
 
@@ -107,18 +110,9 @@ def main() -> None:
                 z = ddim_sample(m, m.unet, z, e_c, e_u, a.guidance, a.steps)
                 m.vae.decode((z / m.scaling_factor).to(dtype))
 
-        run()
         if device.type == "cuda":
-            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        times = []
-        for _ in range(a.reps):
-            t = time.perf_counter()
-            run()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
-        sec = sorted(times)[len(times) // 2]
+        sec = timed(run, device, a.reps, warm=1)
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
         results["sampling"].append({"batch": b, "seconds": sec, "images_per_s": b / sec, "peak_mb": peak})
         print(f"  batch {b:3d}: {b / sec:8.2f} images/s ({sec:.2f} s per batch; peak {peak:.0f} MiB)")
@@ -136,15 +130,7 @@ def main() -> None:
             loss.backward()
             opt.step()
 
-        step()
-        ts = []
-        for _ in range(a.reps):
-            s = time.perf_counter()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            ts.append(time.perf_counter() - s)
-        results["train_step_s"] = sorted(ts)[len(ts) // 2]
+        results["train_step_s"] = timed(step, device, a.reps, warm=1)
         print(f"  full-UNet Adam step at batch {a.train_batch}: {results['train_step_s']:.3f} s")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
