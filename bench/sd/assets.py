@@ -175,12 +175,9 @@ def _digit_set(plan, guidance: float):
 
     digits = [int(d) for d in plan.set.split(":", 1)[1].split(",")]
     n = plan.limit or 100
-    reqs = tuple(Request(plan.set, 10_000 * d + i, caption(d), DIGITS_SEED_BASE + 10_000 * d + i, 0, guidance)
-                 for d in digits for i in range(n))
     name = f"digits-{'forget' if plan.use == 'forget' else 'remain'}"
-    import dataclasses
-
-    reqs = tuple(dataclasses.replace(r, set=name) for r in reqs)
+    reqs = tuple(Request(name, 10_000 * d + i, caption(d), DIGITS_SEED_BASE + 10_000 * d + i, 0, guidance)
+                 for d in digits for i in range(n))
     return EvalSet(name, "built in", "", f"digits {','.join(map(str, digits))} x {n}", reqs, 1, 1)
 
 
