@@ -99,8 +99,7 @@ def clip_value_(params: Iterable[Tensor], value: float) -> None:
 @torch.no_grad()
 def ema_update_(shadow: nn.Module, net: nn.Module, mu: float) -> None:
     """``shadow <- mu shadow + (1 - mu) net`` over parameters and floating buffers."""
-    for s, p in zip(shadow.parameters(), net.parameters()):
-        s.lerp_(p.detach(), 1.0 - mu)
+    torch._foreach_lerp_(list(shadow.parameters()), [p.detach() for p in net.parameters()], 1.0 - mu)
     for s, b in zip(shadow.buffers(), net.buffers()):
         if s.dtype.is_floating_point:
             s.lerp_(b, 1.0 - mu)

@@ -37,14 +37,31 @@ def apply_mask(net: nn.Module, mask: dict[str, Tensor]) -> None:
             p.grad.mul_(mask[name].to(p.grad.dtype))
 
 
-def mask_fraction(mask: dict[str, Tensor]) -> float:
+def mask_fraction(mask: dict[str, Tensor]) -> Tensor:
+    """The kept fraction as a 0-d tensor on the mask's device (``ctx.log`` reads it back later)."""
     total = sum(m.numel() for m in mask.values())
-    return float(sum(m.sum() for m in mask.values())) / max(total, 1)
+    return sum(m.sum() for m in mask.values()) / max(total, 1)
 
 
 def named_grads(net: nn.Module) -> dict[str, Tensor]:
     return {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
             for n, p in net.named_parameters()}
+
+
+def take_grads(net: nn.Module) -> list[Tensor]:
+    """The gradients in parameter order (zeros where unused), moved out of ``.grad`` without a copy."""
+    out = []
+    for p in net.parameters():
+        out.append(p.grad if p.grad is not None else torch.zeros_like(p))
+        p.grad = None
+    return out
+
+
+def float_masks(mask: dict[str, Tensor], net: nn.Module) -> list[Tensor]:
+    """``mask`` in ``net``'s parameter order and dtype, converted in one pass over the flat mask."""
+    named = list(net.named_parameters())
+    flat = torch.cat([mask[n].reshape(-1) for n, _ in named]).to(named[0][1].dtype)
+    return [m.view_as(p) for m, (_, p) in zip(flat.split([p.numel() for _, p in named]), named)]
 
 
 def clip_norm_(params: Iterable[Tensor], max_norm: float) -> Tensor:

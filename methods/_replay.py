@@ -80,8 +80,7 @@ class EMA:
 
     @torch.no_grad()
     def update(self, net: nn.Module) -> None:
-        for s, p in zip(self.net.parameters(), net.parameters()):
-            s.lerp_(p.detach(), 1.0 - self.decay)
+        torch._foreach_lerp_(list(self.net.parameters()), [p.detach() for p in net.parameters()], 1.0 - self.decay)
 
 
 def evaluated_weights(ctx, choice: str) -> str:

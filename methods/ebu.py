@@ -17,18 +17,20 @@ FIM_SEED_OFFSET = 3_000_017
 
 
 # --- pure pieces (unit tested) --------------------------------------------------------------------
-def min_norm_coef(u: Tensor, v: Tensor) -> float:
+# Every piece stays on the tensors' device and never reads a value back to the host (no ``float()``,
+# ``bool()``, ``.item()`` or boolean indexing, which waits for the GPU): EBU runs them every iteration
+# on vectors as long as the whole U-Net. tests/test_sa_ebu.py runs them on the ``meta`` device, where
+# any such read fails.
+def min_norm_coef(u: Tensor, v: Tensor) -> Tensor:
     """Two-task MGDA closed form: ``a = clip(((v - u).v) / max(|u - v|^2, 1e-12), 0, 1)`` minimises
-    ``|a u + (1 - a) v|`` over the segment; ``a = 0.5`` when ``u == v``."""
+    ``|a u + (1 - a) v|`` over the segment; ``a = 0.5`` when ``u == v``. A 0-d tensor."""
     diff = u - v
-    den = float(diff.pow(2).sum())
-    if den == 0.0:
-        return 0.5
-    a = float(((v - u) * v).sum()) / max(den, 1e-12)
-    return min(1.0, max(0.0, a))
+    den = diff.pow(2).sum()
+    a = (((v - u) * v).sum() / den.clamp_min(1e-12)).clamp(0.0, 1.0)
+    return torch.where(den == 0, torch.full_like(a, 0.5), a)
 
 
-def min_norm_combine(u: Tensor, v: Tensor) -> tuple[Tensor, float]:
+def min_norm_combine(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     """``(a u + (1 - a) v, a)``: the min-norm point of the segment ``[u, v]``."""
     a = min_norm_coef(u, v)
     return a * u + (1.0 - a) * v, a
@@ -37,63 +39,58 @@ def min_norm_combine(u: Tensor, v: Tensor) -> tuple[Tensor, float]:
 def pcgrad_combine(u: Tensor, v: Tensor) -> Tensor:
     """PCGrad for two tasks: if ``u.v < 0`` project each onto the other's normal plane (both
     projections use the ORIGINAL vectors), then sum; otherwise ``u + v``."""
-    dot = float((u * v).sum())
-    if dot >= 0:
-        return u + v
-    uu, vv = float(u.pow(2).sum()), float(v.pow(2).sum())
-    u2 = u - (dot / vv) * v if vv > 0 else u
-    v2 = v - (dot / uu) * u if uu > 0 else v
-    return u2 + v2
+    dot = (u * v).sum()
+    uu, vv = u.pow(2).sum(), v.pow(2).sum()
+    tiny = torch.finfo(u.dtype).tiny
+    u2 = torch.where(vv > 0, u - (dot / vv.clamp_min(tiny)) * v, u)
+    v2 = torch.where(uu > 0, v - (dot / uu.clamp_min(tiny)) * u, v)
+    return torch.where(dot >= 0, u + v, u2 + v2)
 
 
 def select_top(score: Tensor, ratio: float) -> Tensor:
     """``methods._masks.top_fraction`` on one flat score vector, in O(n) (``kthvalue`` instead of a
     full sort): exactly ``floor(ratio * n)`` ones, ties broken by index like the stable descending
-    sort. EBU recomputes both masks every iteration, where the full sort costs as much as a step."""
+    sort. EBU recomputes both masks every iteration, where the full sort costs as much as a step.
+    The ties at the threshold are resolved with a running count, so nothing is read back."""
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"mask ratio must be in [0, 1], got {ratio}")
     n = score.numel()
     k = int(ratio * n)
-    mask = torch.zeros(n, dtype=torch.bool, device=score.device)
     if k == 0:
-        return mask
+        return torch.zeros(n, dtype=torch.bool, device=score.device)
     if k == n:
-        return ~mask
-    thr = torch.kthvalue(score.float().cpu(), n - k + 1).values.to(score.device)
-    mask = score > thr
-    need = k - int(mask.sum())
-    if need > 0:
-        eq = (score == thr).nonzero().flatten()[:need]
-        mask[eq] = True
-    return mask
+        return torch.ones(n, dtype=torch.bool, device=score.device)
+    s = score.reshape(-1).float()
+    thr = torch.kthvalue(s, n - k + 1).values
+    above = s > thr
+    at = s == thr
+    need = k - above.sum()
+    return above | (at & (at.cumsum(0) <= need))
 
 
 def combine_direction(g_f: Tensor, g_r: Tensor, m_f: Tensor, m_r: Tensor, balance: str = "mgda",
-                      unselected: str = "none") -> tuple[Tensor, float]:
+                      unselected: str = "none") -> tuple[Tensor, Tensor]:
     """EBU's update direction on flat vectors: ``d[Fo] = g_f``, ``d[Ro] = g_r``, the shared
     coordinates ``S = M_f & M_r`` get the min-norm (``mgda``) or PCGrad combination, the rest is 0
-    (``unselected = none``/``frozen``) or ``g_r`` (``remain``). Returns ``(d, a)`` (``a`` is NaN
-    for PCGrad and when S is empty)."""
-    s = m_f & m_r
-    d = torch.zeros_like(g_f)
-    fo, ro = m_f & ~m_r, m_r & ~m_f
-    d[fo] = g_f[fo]
-    d[ro] = g_r[ro]
-    if unselected == "remain":
-        rest = ~(m_f | m_r)
-        d[rest] = g_r[rest]
-    elif unselected not in ("none", "frozen"):
+    (``unselected = none``/``frozen``) or ``g_r`` (``remain``). Returns ``(d, a)`` (``a`` a 0-d
+    tensor, NaN for PCGrad and when S is empty)."""
+    if unselected not in ("none", "frozen", "remain"):
         raise BenchError(f"ebu.update_unselected must be none, remain or frozen, not {unselected!r}")
-    a = float("nan")
-    if bool(s.any()):
-        u, v = g_f[s], g_r[s]
-        if balance == "mgda":
-            d[s], a = min_norm_combine(u, v)
-        elif balance == "pcgrad":
-            d[s] = pcgrad_combine(u, v)
-        else:
-            raise BenchError(f"ebu.balance must be 'mgda' or 'pcgrad', not {balance!r}")
-    return d, a
+    if balance not in ("mgda", "pcgrad"):
+        raise BenchError(f"ebu.balance must be 'mgda' or 'pcgrad', not {balance!r}")
+    s = m_f & m_r
+    # the two gradients restricted to S (zeros elsewhere add nothing to the dot products)
+    u, v = torch.where(s, g_f, 0.0), torch.where(s, g_r, 0.0)
+    nan = torch.full((), float("nan"), dtype=g_f.dtype, device=g_f.device)
+    if balance == "mgda":
+        shared, a = min_norm_combine(u, v)
+        a = torch.where(s.any(), a, nan)
+    else:
+        shared, a = pcgrad_combine(u, v), nan
+    rest = g_r if unselected == "remain" else torch.zeros_like(g_f)
+    d = torch.where(m_r, g_r, rest)
+    d = torch.where(m_f, g_f, d)
+    return torch.where(s, shared, d), a
 
 
 def flat(tensors) -> Tensor:
@@ -207,6 +204,7 @@ class EBU(Method):
             ema = EMA(ctx, decay)
         probe = (lambda: ctx.sampler(ema.net, weights="ema")) if ema is not None else None
         m_f = m_r = None
+        frozen = cfg.update_unselected == "frozen"
         for step in ctx.steps(cfg.iters, probe=probe):
             x_r, c_r = next(replay)
             b = len(x_r)
@@ -223,21 +221,17 @@ class EBU(Method):
             if step % cfg.mask_every == 0 or m_f is None:
                 m_f, m_r = select_top(g_f.abs(), cfg.rho_f), select_top(g_r.abs(), cfg.rho_r)
             direction, a = combine_direction(g_f, g_r, m_f, m_r, cfg.balance, cfg.update_unselected)
+            theta = flat(p.detach() for p in params) if fisher is not None or frozen else None
             if fisher is not None:
-                theta = flat(p.detach() for p in params)
-                direction[m_r] += 2 * cfg.ewc_lambda * fisher[m_r] * (theta - anchor)[m_r]
-            keep = None
-            if cfg.update_unselected == "frozen":
-                rest = ~(m_f | m_r)
-                keep = (rest, flat(p.detach() for p in params)[rest].clone())
+                direction = direction + torch.where(m_r, 2 * cfg.ewc_lambda * fisher * (theta - anchor), 0.0)
             _set_grads(params, direction)
             clip_norm_(params, cfg.clip)
             opt.step()
-            if keep is not None:
-                _restore(params, *keep)
+            if frozen:
+                _restore(params, ~(m_f | m_r), theta)
             if ema is not None:
                 ema.update(net)
-            ctx.log(loss_f=loss_f, loss_r=loss_r, a=a, shared_fraction=float((m_f & m_r).sum()) / m_f.numel())
+            ctx.log(loss_f=loss_f, loss_r=loss_r, a=a, shared_fraction=(m_f & m_r).sum() / m_f.numel())
         opt.zero_grad(set_to_none=True)
         if ema is not None:
             return ctx.sampler(ema.net, weights="ema")
@@ -250,20 +244,13 @@ def _grads(loss: Tensor, params) -> list[Tensor]:
 
 
 def _set_grads(params, direction: Tensor) -> None:
-    off = 0
-    for p in params:
-        n = p.numel()
-        p.grad = direction[off:off + n].view_as(p).clone()
-        off += n
+    for p, g in zip(params, direction.split([p.numel() for p in params])):
+        p.grad = g.view_as(p).clone()
 
 
 @torch.no_grad()
-def _restore(params, where: Tensor, values: Tensor) -> None:
-    theta = torch.cat([p.reshape(-1) for p in params])
-    theta[where] = values
-    off = 0
-    for p in params:
-        n = p.numel()
-        p.copy_(theta[off:off + n].view_as(p))
-        off += n
-
+def _restore(params, where: Tensor, theta: Tensor) -> None:
+    """Put back the flat ``theta``'s values where ``where`` is set (no host read of the mask)."""
+    now = flat(p.detach() for p in params)
+    for p, v in zip(params, torch.where(where, theta, now).split([p.numel() for p in params])):
+        p.copy_(v.view_as(p))

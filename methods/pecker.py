@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from bench.generators import eval_mode
 from bench.method import Method, register_method
 from methods import _distill as D
-from methods._masks import mask_fraction, named_grads, top_fraction
+from methods._masks import float_masks, mask_fraction, take_grads, top_fraction
 from methods._sd import NeedsOneStepSD
 from methods.sfd import SFD
 
@@ -118,17 +119,16 @@ class PECKER(NeedsOneStepSD, Method):
             l_d, l_f, x_f = D.generator_terms(ctx, st, cfg, c_r, i, gen=retain_gen, forget_gen=st.gen)
             st.opt_gen.zero_grad(set_to_none=True)
             l_d.backward()
-            g_d = named_grads(retain_gen)
-            retain_gen.zero_grad(set_to_none=True)
+            g_d = take_grads(retain_gen)
             st.gen.zero_grad(set_to_none=True)
             g_fg = None
             if l_f is not None:
                 l_f.backward()
-                g_fg = named_grads(st.gen)
-                st.gen.zero_grad(set_to_none=True)
+                g_fg = take_grads(st.gen)
             if mask is None or i % cfg.mask_refresh_every == 0:
-                mask = saliency_mask(ctx, st, cfg, x_f, real, len(c_r))
-                logs["mask_fraction"] = mask_fraction(mask)
+                saliency = saliency_mask(ctx, st, cfg, x_f, real, len(c_r))
+                logs["mask_fraction"] = mask_fraction(saliency)
+                mask = float_masks(saliency, st.gen)
             if cfg.two_copy:
                 self._two_copy_update(st, cfg, g_d, g_fg, mask)
             else:
@@ -140,33 +140,51 @@ class PECKER(NeedsOneStepSD, Method):
     @staticmethod
     def _single_update(st, cfg, g_d, g_fg, mask) -> None:
         """g = g_d + m * g_fg (forget_only) or m * (g_d + g_fg) (all); clip by value; Adam."""
-        for name, p in st.gen.named_parameters():
-            m = mask[name].to(p.dtype)
-            fg = g_fg[name] if g_fg is not None else torch.zeros_like(p)
-            p.grad = g_d[name] + m * fg if cfg.mask_scope == "forget_only" else m * (g_d[name] + fg)
+        _set_grads(st.gen, combine_grads(g_d, g_fg, mask, cfg.mask_scope))
         D.clip_value_(st.gen.parameters(), cfg.clip_value)
         st.opt_gen.step()
 
     @staticmethod
     def _two_copy_update(st, cfg, g_d, g_fg, mask) -> None:
         """theta_r <- Adam(g_d), theta_u <- Adam(m * g_fg) in one step; merge into theta_u; re-sync."""
+        pu, pr = list(st.gen.parameters()), list(st.gen_r.parameters())
         with torch.no_grad():
-            start = [p.detach().clone() for p in st.gen.parameters()]
-        for name, p in st.gen_r.named_parameters():
-            p.grad = g_d[name].clone()
-        for name, p in st.gen.named_parameters():
-            p.grad = mask[name].to(p.dtype) * g_fg[name] if g_fg is not None else torch.zeros_like(p)
-        D.clip_value_(list(st.gen_r.parameters()) + list(st.gen.parameters()), cfg.clip_value)
+            start = torch._foreach_mul(pu, 1.0)
+        _set_grads(st.gen_r, g_d)
+        _set_grads(st.gen, torch._foreach_mul(g_fg, mask) if g_fg is not None else torch._foreach_mul(pu, 0.0))
+        D.clip_value_(pr + pu, cfg.clip_value)
         st.opt_gen.step()
         with torch.no_grad():
-            for (name, pu), pr, p0 in zip(st.gen.named_parameters(), st.gen_r.parameters(), start):
-                m = mask[name].to(pu.dtype)
-                if cfg.two_copy_merge == "add":
-                    merged = pr + m * (pu - p0)
-                else:
-                    merged = m * pu + (1 - m) * pr
-                pu.copy_(merged)
-                pr.copy_(merged)
+            if cfg.two_copy_merge == "add":  # theta_r' + m * (theta_u' - theta)
+                merged = torch._foreach_sub(pu, start)
+                torch._foreach_mul_(merged, mask)
+                torch._foreach_add_(merged, pr)
+            else:  # m * theta_u' + (1 - m) * theta_r', exact for a 0/1 mask
+                keep_r = torch._foreach_mul(mask, -1.0)
+                torch._foreach_add_(keep_r, 1.0)
+                merged = torch._foreach_mul(pu, mask)
+                torch._foreach_add_(merged, torch._foreach_mul(pr, keep_r))
+            torch._foreach_copy_(pu, merged)
+            torch._foreach_copy_(pr, merged)
+
+
+def combine_grads(g_d: list[Tensor], g_fg: list[Tensor] | None, mask: list[Tensor], scope: str) -> list[Tensor]:
+    """PECKER's generator gradient per parameter: ``g_d + m * g_fg`` (``forget_only``) or
+    ``m * (g_d + g_fg)`` (``all``), in fused multi-tensor operations (no loop over parameters).
+    ``g_fg`` None (mu_theta = 0) counts as zero."""
+    if scope == "forget_only":
+        if g_fg is None:
+            return g_d
+        out = torch._foreach_mul(g_fg, mask)
+        torch._foreach_add_(out, g_d)
+        return out
+    out = torch._foreach_add(g_d, g_fg) if g_fg is not None else list(g_d)
+    return torch._foreach_mul(out, mask)
+
+
+def _set_grads(net, grads: list[Tensor]) -> None:
+    for p, g in zip(net.parameters(), grads):
+        p.grad = g
 
 
 def saliency_mask(ctx, st, cfg, x_f, real, n: int) -> dict[str, torch.Tensor]:
@@ -186,5 +204,5 @@ def saliency_mask(ctx, st, cfg, x_f, real, n: int) -> dict[str, torch.Tensor]:
     with eval_mode(net):
         loss = d.simple_loss(net, x_s, c_f, 0.0, t=d.antithetic_t(len(x_s)))
         grads = torch.autograd.grad(loss, params, allow_unused=True)
-    scores = {k: (g.abs() if g is not None else torch.zeros_like(p)) for k, g, p in zip(names, grads, params)}
-    return top_fraction(scores, cfg.mask_ratio)
+    grads = torch._foreach_abs([g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)])
+    return top_fraction(dict(zip(names, grads)), cfg.mask_ratio)

@@ -19,8 +19,8 @@ from bench.measure import Counts
 from bench.nets import CondUNet
 from bench.tasks.digits import DIGITS
 from methods import _distill as D
-from methods._masks import top_fraction
-from methods.pecker import PECKER, saliency_mask
+from methods._masks import float_masks, top_fraction
+from methods.pecker import PECKER, combine_grads, saliency_mask
 from methods.sfd import SFD
 
 SHAPE = (1, 8, 8)
@@ -326,14 +326,28 @@ def test_pecker_mask_applies_to_forget_gradient_only(scope):
     net = nn.Linear(4, 3)
     st = SimpleNamespace(gen=net, opt_gen=torch.optim.SGD(net.parameters(), lr=0.0))
     cfg = SimpleNamespace(mask_scope=scope, clip_value=100.0)
-    g_d = {n: torch.randn_like(p) for n, p in net.named_parameters()}
-    g_fg = {n: torch.randn_like(p) for n, p in net.named_parameters()}
+    g_d = [torch.randn_like(p) for p in net.parameters()]
+    g_fg = [torch.randn_like(p) for p in net.parameters()]
     mask = top_fraction({n: torch.rand_like(p) for n, p in net.named_parameters()}, 0.5)
-    PECKER._single_update(st, cfg, g_d, g_fg, mask)
-    for n, p in net.named_parameters():
+    PECKER._single_update(st, cfg, g_d, g_fg, float_masks(mask, net))
+    for i, (n, p) in enumerate(net.named_parameters()):
         m = mask[n].float()
-        want = g_d[n] + m * g_fg[n] if scope == "forget_only" else m * (g_d[n] + g_fg[n])
+        want = g_d[i] + m * g_fg[i] if scope == "forget_only" else m * (g_d[i] + g_fg[i])
         torch.testing.assert_close(p.grad, want)
+
+
+@pytest.mark.parametrize("scope", ["forget_only", "all"])
+def test_pecker_gradient_assembly_reads_nothing_back(scope):
+    """The per-iteration gradient assembly only queues device work: on the ``meta`` device any read
+    of a value (``float()``, ``bool()``, boolean indexing) raises."""
+    shapes = [(8, 4), (8,), (3, 3, 2, 2)]
+    g_d = [torch.randn(s, device="meta") for s in shapes]
+    g_fg = [torch.randn(s, device="meta") for s in shapes]
+    mask = [torch.ones(s, device="meta") for s in shapes]
+    out = combine_grads(g_d, g_fg, mask, scope)
+    assert [o.shape for o in out] == [torch.Size(s) for s in shapes] and out[0].device.type == "meta"
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        float(out[0].sum())  # the detector works: a host read on meta fails
 
 
 def changed_fraction(before, net):

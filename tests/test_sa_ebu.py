@@ -170,3 +170,26 @@ def test_configs_and_presets():
         for key in ("n_replay", "lr", "batch", "iters", "replay_weights", "clip"):
             assert getattr(e, key) == getattr(s, key), (profile, key)
     assert SelectiveAmnesia.Config().iters == 20_000 and SelectiveAmnesia.Config().lam == 10.0
+
+
+# --- no host reads per iteration ---------------------------------------------------------------------------
+def test_meta_tensors_refuse_host_reads():
+    """The detector the next test relies on: reading a value of a ``meta`` tensor raises."""
+    x = torch.ones(4, device="meta")
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        float(x.sum())
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        x[x > 0]  # boolean indexing needs the count of selected elements
+
+
+@pytest.mark.parametrize("balance", ["mgda", "pcgrad"])
+@pytest.mark.parametrize("unselected", ["none", "frozen", "remain"])
+def test_ebu_per_iteration_pieces_never_wait_for_the_device(balance, unselected):
+    """EBU's masks and direction run every iteration on vectors as long as the U-Net: they must only
+    queue device work (on a GPU, a host read such as ``float()`` or boolean indexing waits for every
+    queued kernel). On ``meta`` tensors any such read raises."""
+    n = 1001
+    g_f, g_r = torch.randn(n, device="meta"), torch.randn(n, device="meta")
+    m_f, m_r = select_top(g_f.abs(), 0.5), select_top(g_r.abs(), 0.3)
+    d, a = combine_direction(g_f, g_r, m_f, m_r, balance, unselected)
+    assert d.shape == (n,) and d.device.type == "meta" and a.device.type == "meta"
