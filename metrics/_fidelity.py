@@ -9,6 +9,7 @@ extractor name carries the classifier's weight hash, and every value is recorded
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-_REGISTERED: dict[str, nn.Module] = {}
+_EXTRACTORS: dict[str, Callable[[Tensor], Tensor]] = {}
 
 
 class _Images(Dataset):
@@ -32,27 +33,32 @@ class _Images(Dataset):
         return self.images[i]
 
 
-def _extractor_name(classifier: nn.Module, tag: str) -> str:
+def register_extractor(name: str, features: Callable[[Tensor], Tensor], layer: str, channels: int = 3) -> str:
+    """Make ``features`` (a uint8 ``(B, C, H, W)`` batch -> ``(B, D)`` features) available to
+    torch-fidelity as the feature extractor ``name`` with the single layer ``layer``; returns ``name``.
+
+    torch-fidelity looks a name up when it builds the extractor, so registering a name again only
+    swaps the callable (the library refuses a second class under one name)."""
     from torch_fidelity import register_feature_extractor
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-    name = f"task-classifier-{tag}"
-    if name in _REGISTERED:
-        _REGISTERED[name] = classifier
+    known = name in _EXTRACTORS
+    _EXTRACTORS[name] = features
+    if known:
         return name
 
-    class ClassifierFeatures(FeatureExtractorBase):
+    class CallableFeatures(FeatureExtractorBase):
         def __init__(self, fe_name, features_list, **kwargs):
             super().__init__(fe_name, features_list)
-            self.net = _REGISTERED[fe_name]
+            self.features = _EXTRACTORS[fe_name]
 
         @staticmethod
         def get_provided_features_list():
-            return ("penultimate",)
+            return (layer,)
 
         @staticmethod
         def get_default_feature_layer_for_metric(metric):
-            return "penultimate"
+            return layer
 
         @staticmethod
         def can_be_compiled():
@@ -60,16 +66,21 @@ def _extractor_name(classifier: nn.Module, tag: str) -> str:
 
         @staticmethod
         def get_dummy_input_for_compile():
-            return torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+            return torch.zeros(1, channels, 8, 8, dtype=torch.uint8)
 
         def forward(self, x):
-            dev = next(self.net.parameters()).device
-            feats = self.net.features(x.to(dev).float() / 127.5 - 1.0).double().cpu()
-            return (feats,)
+            return (self.features(x).double().cpu(),)
 
-    register_feature_extractor(name, ClassifierFeatures)
-    _REGISTERED[name] = classifier
+    register_feature_extractor(name, CallableFeatures)
     return name
+
+
+def _classifier_extractor(classifier: nn.Module, tag: str) -> str:
+    def features(x: Tensor) -> Tensor:
+        dev = next(classifier.parameters()).device
+        return classifier.features(x.to(dev).float() / 127.5 - 1.0)
+
+    return register_extractor(f"task-classifier-{tag}", features, "penultimate", channels=1)
 
 
 class ClassifierFeatures:
@@ -95,7 +106,7 @@ def torch_fidelity_metrics(generated: Tensor, reference: Tensor, classifier: nn.
     """FID (and KID, precision/recall) with ``generated`` as input1 and ``reference`` as input2."""
     from torch_fidelity import calculate_metrics
 
-    name = _extractor_name(classifier, tag)
+    name = _classifier_extractor(classifier, tag)
     n = min(len(generated), len(reference))
     m = calculate_metrics(input1=_Images(generated), input2=_Images(reference), fid=True,
                           kid=kid and n >= 2, prc=prc and n > 3, feature_extractor=name,

@@ -366,48 +366,21 @@ def _ref_stats(ref, source: InceptionSource, mode: str):
     return np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
 
 
-_TF_REGISTERED: dict[str, InceptionFeatures] = {}
+_TF_FEATURES: dict[str, InceptionFeatures] = {}
 
 
 def _tf_extractor(source: InceptionSource, device, batch_size: int) -> tuple[str, dict]:
     """torch-fidelity extractor name and extra kwargs: its own ``inception-v3-compat`` for its own
-    weights, else a registered extractor running :class:`InceptionFeatures` (``legacy_tensorflow``)."""
+    weights, else :class:`InceptionFeatures` (``legacy_tensorflow``) registered as an extractor."""
     if source.convention == "torch-fidelity":
         return "inception-v3-compat", {"feature_extractor_weights_path": str(source.path)}
-    from torch_fidelity import register_feature_extractor
-    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+    from metrics._fidelity import register_extractor
 
     name = f"inception-{source.convention}-{source.sha256[:12]}"
-    known = _TF_REGISTERED.get(name)
-    _TF_REGISTERED[name] = (known if known is not None and known.device == torch.device(device)
-                            else InceptionFeatures(source, device, batch_size, "legacy_tensorflow"))
-    if known is None:
-        class TorchScriptInception(FeatureExtractorBase):
-            def __init__(self, fe_name, features_list, **kwargs):
-                super().__init__(fe_name, features_list)
-                self.fe = _TF_REGISTERED[fe_name]
-
-            @staticmethod
-            def get_provided_features_list():
-                return ("2048",)
-
-            @staticmethod
-            def get_default_feature_layer_for_metric(metric):
-                return "2048"
-
-            @staticmethod
-            def can_be_compiled():
-                return False
-
-            @staticmethod
-            def get_dummy_input_for_compile():
-                return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
-
-            def forward(self, x):
-                return (self.fe.forward_float(x).double().cpu(),)
-
-        register_feature_extractor(name, TorchScriptInception)
-    return name, {}
+    fe = _TF_FEATURES.get(name)
+    if fe is None or fe.device != torch.device(device):
+        fe = _TF_FEATURES[name] = InceptionFeatures(source, device, batch_size, "legacy_tensorflow")
+    return register_extractor(name, fe.forward_float, "2048"), {}
 
 
 def features_torch_fidelity(images_uint8, source: InceptionSource, device: str | torch.device = "cpu",
