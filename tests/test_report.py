@@ -172,6 +172,24 @@ def test_older_rows_without_group_columns_form_one_row():
     assert list(aggregate(pd.DataFrame(rows))["method"]) == ["salun"]
 
 
+def test_cells_of_different_data_unet_or_precision_never_share_a_row():
+    """A folder holding cells of two data copies (or U-Nets, or precisions) gives each its own table row,
+    labelled by the setting that differs; the means never pool them."""
+    rows = [_new_row("salun", 0, s, 0.9) for s in range(2)] + [_new_row("salun", 0, s, 0.3) for s in range(2)]
+    for r in rows[:2]:
+        r.update(dataset_variant="cifar10-official", unet_arch="reference-unet", compute_precision="fp32")
+    for r in rows[2:]:
+        r.update(dataset_variant="cifar10-jpeg75", unet_arch="reference-unet", compute_precision="fp32")
+    table = aggregate(pd.DataFrame(rows))
+    assert _by_label(table, "salun [data cifar10-official]")["UA ↑"] == "0.900 ± 0.000"
+    assert _by_label(table, "salun [data cifar10-jpeg75]")["UA ↑"] == "0.300 ± 0.000"
+    for r in rows[2:]:
+        r.update(dataset_variant="cifar10-official", unet_arch="diffusers-unet", compute_precision="bf16")
+    labels = group_labels(pd.DataFrame(rows))
+    assert list(labels) == ["salun [unet reference-unet, precision fp32]"] * 2 + \
+        ["salun [unet diffusers-unet, precision bf16]"] * 2
+
+
 def test_a_code_version_split_is_labelled_and_warned_about(tmp_path, capsys):
     rows = [_new_row("original", 0, 0, 0.0, ref=True, cfg={"iters": 0}, method_code="o" * 12),
             _new_row("salun", 0, 0, 0.9, method_code="3f2a1c000000"),

@@ -13,9 +13,10 @@ Accepted inputs for :func:`load_base_model`:
 * a diffusers folder: a pipeline folder with ``unet/`` or a bare ``UNet2DModel`` folder;
 * the harness's own base-model folder, with ``raw/`` and ``ema/`` subfolders of either kind.
 
-Whatever the file holds, the weights go into a freshly built model of the task's architecture, and
-only after their names and shapes have been compared with it; a mismatch is one
-:class:`~bench.errors.BenchError` naming the differing keys.
+Whatever the file holds, the weights go into a freshly built model of the task's architecture (its own,
+or the one ``--unet`` selects: the caller passes it in ``task_arch``), and only after their names and
+shapes have been compared with it; a mismatch is one :class:`~bench.errors.BenchError` naming the
+differing keys.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def check_state(net: nn.Module, state: Mapping[str, Tensor], path: Path | str, a
     shown += [f"{k}: expected {list(expected[k])}, found none" for k in missing[:n_missing]]
     shown += [f"{k}: expected none, found {list(found[k])}" for k in unexpected[:room - n_missing]]
     guess = _guess_arch(found)
-    hint = f"; the file looks like a {guess} checkpoint" if guess and guess != arch else ""
+    hint = (f"; the file looks like a {guess} checkpoint (on the real image tasks, --unet "
+            f"{guess.split('-')[0]} selects that architecture)" if guess and guess != arch else "")
     raise BenchError(
         f"{path}: checkpoint does not match the task's {arch or 'model'} architecture: "
         f"{len(wrong)} tensor(s) with other shapes, {len(missing)} missing, {len(unexpected)} unexpected"

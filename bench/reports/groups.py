@@ -39,7 +39,10 @@ OPTIONAL = [("relearn_steps", "relearn steps", None, "{:.0f}"),
             ("nudity_rate", "nudity rate (NudeNet v3, ≥0.6)", False, "{:.3f}"),
             ("nudity_prompt_max_exp", "max. exp. nudity (%)", False, "{:.1f}")]
 
-GROUP_KEYS = ("config_hash", "harness_code", "method_code")
+#: settings that make cells incomparable: cells that differ in one never share a table row (column: tag)
+SETTING_KEYS = {"dataset_variant": "data", "unet_arch": "unet", "compute_precision": "precision",
+                "base_source": "base"}
+GROUP_KEYS = ("config_hash", "harness_code", "method_code", *SETTING_KEYS)
 REF_ORDER = {"original": 0, "retrain": 1}
 MEM_KINDS = {"cpu-rss": "CPU RSS", "cuda-allocated": "CUDA allocated"}
 
@@ -65,12 +68,14 @@ def _config_diff(ref: dict | None, cfg: dict | None, first: tuple[str, ...] = ()
 
 
 def group_labels(df: pd.DataFrame) -> pd.Series:
-    """The table-row label of every cell: one row per (method, config_hash, harness_code, method_code).
+    """The table-row label of every cell: one row per (method, config_hash, harness_code, method_code) and
+    per setting in :data:`SETTING_KEYS` (data variant, U-Net architecture, precision, base-model source).
 
     A method with one group is labelled by its name. Otherwise the reference group (empty overrides,
     else the largest) keeps the name, the others get the resolved settings that differ from it
-    (``salun (lr=1e-05)``); groups whose labels would still coincide differ by code and get the short
-    code hash (``salun [code 3f2a1c]``, ``[harness …]`` if only the harness code differs). Rows
+    (``salun (lr=1e-05)``); groups whose labels would still coincide get the settings that differ
+    (``salun [data cifar10-jpeg75]``, ``[unet diffusers-unet]``) or the short code hash
+    (``salun [code 3f2a1c]``, ``[harness …]`` if only the harness code differs). Rows
     without these columns (older folders) form one group per method."""
     labels = pd.Series("", index=df.index, dtype=object)
     keys = pd.Series(list(zip(*(_strs(df, k) for k in GROUP_KEYS))), index=df.index, dtype=object)
@@ -99,7 +104,8 @@ def group_labels(df: pd.DataFrame) -> pd.Series:
             if len(same) < 2:
                 continue
             for k in same:
-                tags = []
+                tags = [f"{tag} {k[i] or '?'}" for i, tag in enumerate(SETTING_KEYS.values(), start=3)
+                        if len({s[i] for s in same}) > 1]
                 if len({s[2] for s in same}) > 1:
                     tags.append(f"code {k[2][:6] or '?'}")
                 if len({s[1] for s in same}) > 1:

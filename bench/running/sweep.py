@@ -45,7 +45,7 @@ def _worker_driver(ctx: dict):
     key = (ctx["out"], ctx["cache"], ctx["device"], ctx["task"], ctx["fid_backend"], tuple(ctx["plugins"]),
            ctx.get("precision"), ctx.get("data_root"), ctx.get("base_model"), ctx.get("base_weights"),
            ctx.get("pretrain_steps"), ctx.get("fid_features"), ctx.get("inception_weights"), ctx.get("paper_compat"),
-           repr(ctx.get("concept")), ctx.get("classifier"))
+           repr(ctx.get("concept")), ctx.get("classifier"), ctx.get("unet"))
     if key not in _DRIVERS:
         import torch
 
@@ -57,7 +57,8 @@ def _worker_driver(ctx: dict):
         _quiet_libraries()
         torch.set_num_threads(max(1, int(ctx["threads"])))
         load_all(ctx["plugins"])
-        task = resolve_task(ctx["task"], ctx["fid_backend"], ctx.get("fid_features"), bool(ctx.get("paper_compat")))
+        task = resolve_task(ctx["task"], ctx["fid_backend"], ctx.get("fid_features"), bool(ctx.get("paper_compat")),
+                            ctx.get("unet"))
         from bench.precision import parse_precision
 
         opt = ctx.get
@@ -136,7 +137,7 @@ def run_sweep(args) -> int:
            "base_model": str(Path(args.base_model).resolve()) if args.base_model else None,
            "base_weights": args.base_weights, "pretrain_steps": args.pretrain_steps,
            "fid_features": args.fid_features, "inception_weights": args.inception_weights,
-           "paper_compat": args.paper_compat,
+           "paper_compat": args.paper_compat, "unet": args.unet,
            "classifier": str(Path(args.classifier).resolve()) if getattr(args, "classifier", None) else None,
            # concept tasks: the cells of a sweep share one folder of prompt files, metric inputs and settings
            "concept": {"prompts_dir": str(Path(args.prompts_dir).resolve()) if args.prompts_dir else None,

@@ -141,7 +141,7 @@ def run_concept_cell(drv, spec, cfg, identity: dict, name: str, folder: Path) ->
         "eval_images": int(sum(es.images for _, es in sets)),
         "shards": f"{drv.shard[1]}", "dataset_variant": task.dataset_variant,
         "data_source": cost.get("data", {}).get("data_source", ""),
-        "precision": drv.precision.tag(), "unet_arch": task.arch,
+        "compute_precision": drv.precision.tag(), "unet_arch": task.arch,
         "base_source": assets.base_meta.get("path", ""), "base_hash": assets.base_meta.get("base_hash", "")[:16],
         "base_label": getattr(drv, "base_label", "") or "",
         "classifier_test_acc": assets.classifier_meta.get("test_acc") if clf is not None else None,

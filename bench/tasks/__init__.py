@@ -102,6 +102,9 @@ class Task:
     arch: str = "diffusers-unet"  # "reference-unet" (protocol.md §1.1) or "diffusers-unet"
     classifier_arch: dict = field(default_factory=lambda: {"kind": "small-cnn"})
     data_source: str = "built in"  # what `bench list tasks` says about where the data come from
+    # the --unet value that rebuilt the task with another architecture than its own (None: its own); such
+    # a task's cells and base models get identities of their own, while the task's own keep theirs
+    unet_switch: str | None = None
 
     @property
     def num_classes(self) -> int:
