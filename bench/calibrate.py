@@ -18,7 +18,7 @@ import pandas as pd
 from bench.driver import CellSpec, Driver
 from bench.hashing import atomic_write_text
 from bench.store import save_png
-from bench.tasks import Task
+from bench.tasks import Profile, Task
 
 COLUMNS = ["ua", "retain_acc", "fid", "kid", "precision", "recall"]
 
@@ -127,4 +127,98 @@ def write_guidance_sweep(df: pd.DataFrame, folder: Path, title: str) -> str:
     text = "\n".join(lines) + "\n"
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "guidance_sweep.md", text)
+    return text
+
+
+def fid_protocol_delta(assets, paper: Profile, count_n: int, sampler_n: int, forget: int, fast_seeds: int = 3,
+                       progress=print) -> pd.DataFrame:
+    """``bench pretrain --fid-delta``: how far the profile's FID is from the paper protocol's on one base
+    model, split into its two causes. The weights the Original row evaluates are sampled for the
+    remaining classes and scored by the profile's FID metric against the same reference set:
+
+    * the profile's sampler at the profile's count per class (``fast_seeds`` seeds): the reported FID;
+    * the profile's sampler at ``count_n`` per class (the paper's count): the small-sample bias;
+    * the profile's and the paper's sampler (its steps, eta and guidance) at ``sampler_n`` per class:
+      the sampler's share.
+
+    The paper protocol's FID is estimated as FID(profile sampler, ``count_n``) plus the sampler's share
+    (exact when ``sampler_n == count_n``; a smaller ``sampler_n`` keeps 1000-step sampling affordable).
+    Images are drawn with per-image counter noise, so the smaller sets are subsets of the larger."""
+    import time
+
+    import torch
+
+    from bench.generators import DiffusionSampler
+    from bench.metric import EvalContext
+    from metrics.fid import FID
+
+    p, k = assets.profile, assets.task.num_classes
+    weights = assets.task.weights_evaluated
+    net = assets.base(weights)
+    remain = [c for c in range(k) if c != forget]
+    mine = ("profile", p.sampler_steps, p.eta, p.guidance)
+    theirs = ("paper", paper.sampler_steps, paper.eta, paper.guidance)
+    runs = [(*mine, p.n_per_class, s) for s in range(fast_seeds)]
+    runs += [(*mine, count_n, 0)]
+    if sampler_n != count_n:
+        runs += [(*mine, sampler_n, 0)]
+    runs += [(*theirs, sampler_n, 0)]
+    rows = []
+    for name, steps, eta, w, n, seed in runs:
+        labels = torch.tensor(remain).repeat_interleave(n)
+        t0 = time.perf_counter()
+        imgs = DiffusionSampler(net, assets.diffusion, steps, w, eta, assets.image_shape, weights,
+                                batch_size=p.eval_batch).sample(labels, seed=seed)
+        sample_s = time.perf_counter() - t0
+        ev = EvalContext(assets, None, forget, forget, seed, imgs[:0], imgs, labels)
+        out = FID().compute(ev)
+        rows.append({"sampler": name, "steps": steps, "eta": eta, "w": w, "n_per_class": n, "seed": seed,
+                     "fid": out["fid"], "kid": out.get("kid", float("nan")), "sample_seconds": sample_s,
+                     "fid_features": out["fid_features"], "fid_n_ref": out["fid_n_ref"], "weights": weights})
+        progress(f"fid delta: {name} sampler ({steps} steps, eta {eta:g}), {n} per class, seed {seed}: "
+                 f"FID {out['fid']:.3f} ({sample_s:.0f} s sampling)")
+    return pd.DataFrame(rows)
+
+
+def fid_delta_summary(df: pd.DataFrame, profile_n: int) -> dict[str, float]:
+    """The differences ``fid_delta.md`` states, from :func:`fid_protocol_delta`'s rows."""
+    prof, paper = df[df.sampler == "profile"], df[df.sampler == "paper"]
+    sampler_n = int(paper.n_per_class.iloc[0])
+    count_n = int(prof[prof.n_per_class != profile_n].n_per_class.max()) if (prof.n_per_class != profile_n).any() \
+        else profile_n
+    reported = prof[prof.n_per_class == profile_n].fid
+    at_count = float(prof[prof.n_per_class == count_n].fid.iloc[0])
+    sampler_effect = float(paper.fid.iloc[0]) - float(prof[prof.n_per_class == sampler_n].fid.iloc[0])
+    estimate = at_count + sampler_effect
+    return {"reported": float(reported.mean()), "reported_min": float(reported.min()),
+            "reported_max": float(reported.max()), "seeds": len(reported), "count_n": count_n,
+            "sampler_n": sampler_n, "small_sample_bias": float(reported.mean()) - at_count,
+            "sampler_effect": sampler_effect, "paper_estimate": estimate,
+            "delta": estimate - float(reported.mean())}
+
+
+def write_fid_delta(df: pd.DataFrame, profile_n: int, folder: Path, title: str) -> str:
+    """``fid_delta.{csv,md}``: every measurement, then the differences the README quotes."""
+    s = fid_delta_summary(df, profile_n)
+    lines = [f"# {title}", "", "| sampler | steps | eta | w | per class | seed | FID | KID | sampling s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in df.to_dict("records"):
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['eta']:g} | {r['w']:g} | {r['n_per_class']} | "
+                     f"{r['seed']} | {r['fid']:.3f} | {r['kid']:.4f} | {r['sample_seconds']:.0f} |")
+    exact = "" if s["sampler_n"] == s["count_n"] else f" (sampler share measured at {s['sampler_n']} per class)"
+    lines += ["",
+              f"- reported by the profile ({profile_n} per class): FID {s['reported']:.3f}, mean of {s['seeds']} "
+              f"seeds (range {s['reported_min']:.3f}-{s['reported_max']:.3f})",
+              f"- small-sample bias ({profile_n} vs {s['count_n']} per class, profile sampler): "
+              f"{s['small_sample_bias']:+.3f}",
+              f"- sampler effect (paper sampler minus profile sampler, {s['sampler_n']} per class): "
+              f"{s['sampler_effect']:+.3f}",
+              f"- paper protocol's FID, estimated{exact}: {s['paper_estimate']:.3f}; "
+              f"minus the reported FID: **{s['delta']:+.3f}**",
+              f"- features: {df.fid_features.iloc[0]}; weights: {df.weights.iloc[0]}; reference set: "
+              f"{int(df.fid_n_ref.iloc[0])} real images of the remaining classes"]
+    text = "\n".join(lines) + "\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "fid_delta.md", text)
+    atomic_write_text(folder / "fid_delta.csv", df.to_csv(index=False))
     return text

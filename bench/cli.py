@@ -202,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "with the task classifier and write <out>/<task>/guidance_sweep.md")
     pt.add_argument("--sweep-samples", type=int, default=40, metavar="N",
                     help="with --guidance-sweep: images per class")
+    pt.add_argument("--fid-delta", default=None, metavar="N[,M]",
+                    help="then measure how far the profile's FID is from the paper protocol's on this base model: "
+                         "the profile's sampler at its own count (3 seeds) and at N per class, the paper sampler at "
+                         "M per class (default N; the paper's count if N is 'paper'); writes <out>/<task>/fid_delta.md")
+    _fid_arguments(pt)  # for --fid-delta
     pt.add_argument("--steps", type=int, default=None, metavar="N",
                     help="pretraining iterations (default: the profile's recipe); same as run's --pretrain-steps")
     pt.add_argument("--precision", default="fp32", metavar="OPTS", help="as for run")
@@ -256,7 +261,7 @@ def cmd_pretrain(args) -> int:
     from bench.assets import Assets, default_cache_root
     from bench.paths import ensure_writable_dir
 
-    task = resolve_task(args.task, unet=args.unet)
+    task = resolve_task(args.task, fid_features=args.fid_features, paper_compat=args.paper_compat, unet=args.unet)
     profile = task.profile(args.profile)
     cache = ensure_writable_dir(Path(args.cache) if args.cache else default_cache_root(), "--cache")
     if args.curve:
@@ -288,6 +293,7 @@ def cmd_pretrain(args) -> int:
         profile = dataclasses.replace(profile, pretrain=dataclasses.replace(profile.pretrain, steps=args.steps))
     if args.device == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda was requested but no CUDA device is available")
+    delta_plan = _fid_delta_plan(args, task, profile)
     if hasattr(task, "bind"):
         task = task.bind(Path(args.data_root) if args.data_root else None, cache)
     for b in args.base_seed:
@@ -320,7 +326,44 @@ def cmd_pretrain(args) -> int:
             print(write_guidance_sweep(df, out, f"{task.name}: base model (base seed {b}, {profile.pretrain.steps} "
                                                 f"steps) vs guidance weight; {profile.sampler_steps}-step sampler, "
                                                 f"eta {profile.eta}, {args.sweep_samples} images per class"))
+        if delta_plan:
+            _fid_delta(args, task, profile, assets, b, delta_plan)
     return 0
+
+
+def _fid_delta_plan(args, task, profile):
+    """``--fid-delta N[,M]`` checked before any training: ``(paper profile, N, M)`` or None."""
+    if not args.fid_delta:
+        return None
+    if "paper" not in task.profiles or profile.name == "paper":
+        raise BenchError(f"--fid-delta compares a profile with {task.name}'s paper profile; "
+                         f"run it with --profile {', '.join(p for p in task.profiles if p != 'paper')}")
+    paper = task.profile("paper")
+    try:
+        ns = [paper.n_per_class if v.strip() == "paper" else int(v) for v in args.fid_delta.split(",")]
+    except ValueError:
+        ns = []
+    if len(ns) not in (1, 2) or min(ns) < 2:
+        raise BenchError(f"--fid-delta expects N or N,M images per class (each >= 2, or 'paper'), "
+                         f"got {args.fid_delta!r}")
+    if (profile.fid_features or task.fid_features) == "inception-v3":
+        from metrics.inception import find_inception
+
+        find_inception(args.inception_weights)  # missing weights: one message before any training
+    return paper, ns[0], ns[-1]
+
+
+def _fid_delta(args, task, profile, assets, base_seed: int, plan) -> None:
+    from bench.calibrate import fid_protocol_delta, write_fid_delta
+    from bench.paths import ensure_writable_dir
+
+    paper, count_n, sampler_n = plan
+    assets.inception_weights = args.inception_weights
+    out = ensure_writable_dir(Path(args.out), "--out") / task.name
+    df = fid_protocol_delta(assets, paper, count_n, sampler_n, task.default_forget)
+    print(write_fid_delta(df, profile.n_per_class, out,
+                          f"{task.name}: {profile.name} FID vs the paper protocol's, one base model (base seed "
+                          f"{base_seed}, {assets.base_meta['steps']} steps), forget class {task.default_forget}"))
 
 
 def resolve_task(name: str, fid_backend: str | None = None, fid_features: str | None = None,
