@@ -190,6 +190,16 @@ def test_cells_of_different_data_unet_or_precision_never_share_a_row():
         ["salun [unet diffusers-unet, precision bf16]"] * 2
 
 
+def test_concept_drift_columns_appear_only_with_values():
+    rows = [_new_row("esd", 0, s, 0.9, fid_vs_original=v, style_shift_forget=0.4, style_shift_remain=0.1)
+            for s, v in enumerate((2.0, 4.0))]
+    table = aggregate(pd.DataFrame(rows))
+    assert _by_label(table, "esd")[_col(table, "FID vs original")] == "3.00 ± 1.41"
+    assert "style shift, forget ↑" in table.columns and "style shift, remain ↓" in table.columns
+    plain = aggregate(pd.DataFrame([_new_row("esd", 0, 0, 0.9, fid_vs_original=math.nan)]))
+    assert not [c for c in plain.columns if c.startswith(("FID vs original", "style shift"))]
+
+
 def test_a_code_version_split_is_labelled_and_warned_about(tmp_path, capsys):
     rows = [_new_row("original", 0, 0, 0.0, ref=True, cfg={"iters": 0}, method_code="o" * 12),
             _new_row("salun", 0, 0, 0.9, method_code="3f2a1c000000"),

@@ -61,9 +61,9 @@ def diffusers_config(ref: dict) -> dict:
     ``[sin, cos]`` timestep features (``flip_sin_to_cos=False, freq_shift=1``), GroupNorm eps 1e-6, the
     asymmetric (0, 1) padding of its downsampling convolution (``downsample_padding=0``) and one attention
     head as wide as the block (``attention_head_dim=None``)."""
-    from bench.models.refunet import _normalise_config
+    from bench.models.refunet import normalise_config
 
-    cfg = _normalise_config(ref)
+    cfg = normalise_config(ref)
     if not cfg["class_cond"]:
         raise ValueError("only the class-conditional reference U-Net has a diffusers counterpart")
     levels = range(len(cfg["ch_mult"]))

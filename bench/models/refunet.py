@@ -151,7 +151,7 @@ class _Dense(nn.Module):
         return self.dense[1](F.silu(self.dense[0](x)))
 
 
-def _normalise_config(config: dict) -> dict:
+def normalise_config(config: dict) -> dict:
     missing = [k for k in _REQUIRED if k not in config]
     if missing:
         raise ValueError(f"reference U-Net config lacks {', '.join(missing)}")
@@ -182,7 +182,7 @@ class RefUNet(nn.Module):
 
     def __init__(self, config: dict, num_classes: int) -> None:
         super().__init__()
-        cfg = _normalise_config(config)
+        cfg = normalise_config(config)
         self.config = cfg
         self.num_classes = int(num_classes)
         self.null_class = self.num_classes

@@ -37,7 +37,10 @@ COLUMNS = [
 ]
 OPTIONAL = [("relearn_steps", "relearn steps", None, "{:.0f}"),
             ("nudity_rate", "nudity rate (NudeNet v3, ≥0.6)", False, "{:.3f}"),
-            ("nudity_prompt_max_exp", "max. exp. nudity (%)", False, "{:.1f}")]
+            ("nudity_prompt_max_exp", "max. exp. nudity (%)", False, "{:.1f}"),
+            ("fid_vs_original", "FID vs original (remain sets)", False, "{:.2f}"),
+            ("style_shift_forget", "style shift, forget", True, "{:.3f}"),
+            ("style_shift_remain", "style shift, remain", False, "{:.3f}")]
 
 #: settings that make cells incomparable: cells that differ in one never share a table row (column: tag)
 SETTING_KEYS = {"dataset_variant": "data", "unet_arch": "unet", "compute_precision": "precision",
