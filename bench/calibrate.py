@@ -109,7 +109,8 @@ def guidance_sweep(assets, weights_list: tuple[str, ...], ws: list[float], n_per
         net = assets.base(weights)
         for w in ws:
             imgs = DiffusionSampler(net, assets.diffusion, p.sampler_steps, w, p.eta, assets.image_shape,
-                                    batch_size=p.eval_batch).sample(labels, seed=seed)
+                                    batch_size=p.eval_batch, progress=f"{weights} weights, w={w:g}"
+                                    ).sample(labels, seed=seed)
             pred = predict(clf, from_uint8(imgs), batch=p.eval_batch).argmax(1)
             acc = [float((pred[labels == c] == c).float().mean()) for c in range(k)]
             rest = [a for c, a in enumerate(acc) if c != forget]
@@ -168,7 +169,8 @@ def fid_protocol_delta(assets, paper: Profile, count_n: int, sampler_n: int, for
         labels = torch.tensor(remain).repeat_interleave(n)
         t0 = time.perf_counter()
         imgs = DiffusionSampler(net, assets.diffusion, steps, w, eta, assets.image_shape, weights,
-                                batch_size=p.eval_batch).sample(labels, seed=seed)
+                                batch_size=p.eval_batch, progress=f"{name} sampler, {n}/class, seed {seed}"
+                                ).sample(labels, seed=seed)
         sample_s = time.perf_counter() - t0
         ev = EvalContext(assets, None, forget, forget, seed, imgs[:0], imgs, labels)
         out = FID().compute(ev)

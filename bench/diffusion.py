@@ -115,10 +115,11 @@ class Diffusion:
     # --- sampling ---------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, net: nn.Module, labels: Tensor, steps: int, w: float, eta: float,
-               noise: NoiseFn) -> Tensor:
+               noise: NoiseFn, on_step: Callable[[], object] | None = None) -> Tensor:
         """The reference "generalized" sampler (protocol.md §3.1): uniform skips, no x0 clipping,
         ``eta = 1`` is ancestral DDPM with the posterior variance. ``noise(shape)`` supplies every
-        Gaussian draw, so the caller controls reproducibility per image."""
+        Gaussian draw, so the caller controls reproducibility per image; ``on_step()`` runs after each
+        step (a progress bar)."""
         skip = self.T // steps
         seq = list(range(0, self.T, skip))
         prev = [-1] + seq[:-1]
@@ -134,6 +135,8 @@ class Diffusion:
             x = ab_p.sqrt() * x0 + (1 - ab_p - sigma**2).clamp(min=0).sqrt() * e
             if tp_i >= 0 and eta > 0:
                 x = x + sigma * noise(())
+            if on_step is not None:
+                on_step()
         return x
 
 

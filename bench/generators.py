@@ -80,10 +80,26 @@ class DiffusionSampler(Generator):
     kind = "multi-step"
 
     def __init__(self, net: nn.Module, diffusion: Diffusion, steps: int, guidance: float, eta: float,
-                 image_shape: tuple[int, ...], weights: str = "raw", batch_size: int = 1000) -> None:
+                 image_shape: tuple[int, ...], weights: str = "raw", batch_size: int = 1000,
+                 progress: str | None = None) -> None:
         super().__init__(net, image_shape, weights, batch_size)
         self.diffusion, self.steps, self.guidance, self.eta = diffusion, steps, guidance, eta
         self.nfe = steps * (1 if guidance == 0 else 2)
+        self.progress = progress  # a progress bar's label, for long standalone sampling (not the driver's)
+        self._bar = None
+
+    def sample(self, labels: Tensor, seed: int, index: Tensor | None = None) -> Tensor:
+        if not self.progress:
+            return super().sample(labels, seed, index)
+        from tqdm.auto import tqdm
+
+        batches = -(-len(labels) // self.batch_size)
+        with tqdm(total=batches * self.steps, desc=self.progress, unit="step", leave=False) as bar:
+            self._bar = bar
+            try:
+                return super().sample(labels, seed, index)
+            finally:
+                self._bar = None
 
     def describe(self) -> dict:
         return {**super().describe(), "sampler": "generalized" if self.eta > 0 else "ddim",
@@ -91,7 +107,8 @@ class DiffusionSampler(Generator):
                 "guidance_form": "(1+w)"}
 
     def _generate(self, labels: Tensor, noise: NoiseFn) -> Tensor:
-        return self.diffusion.sample(self.net, labels, self.steps, self.guidance, self.eta, noise)
+        on_step = self._bar.update if self._bar is not None else None
+        return self.diffusion.sample(self.net, labels, self.steps, self.guidance, self.eta, noise, on_step)
 
 
 class OneStepGenerator(Generator):

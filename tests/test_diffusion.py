@@ -74,3 +74,25 @@ def test_one_step_generator_counts_one_nfe_and_maps_to_uint8(tiny_net):
 
 def test_to_uint8_endpoints():
     assert to_uint8(torch.tensor([-1.5, -1.0, 0.0, 1.0, 2.0])).tolist() == [0, 0, 128, 255, 255]
+
+
+def test_progress_bar_counts_every_step_and_changes_no_image(tiny_net, monkeypatch):
+    import io
+
+    import tqdm.auto
+
+    counts = []
+    real = tqdm.auto.tqdm
+
+    class Bar(real):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **{**k, "disable": False, "file": io.StringIO()})
+            counts.append(self)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    d = Diffusion()
+    labels = torch.arange(10).repeat(2)
+    plain = DiffusionSampler(tiny_net, d, 5, 1.0, 1.0, (1, 8, 8), batch_size=8).sample(labels, seed=3)
+    shown = DiffusionSampler(tiny_net, d, 5, 1.0, 1.0, (1, 8, 8), batch_size=8, progress="x").sample(labels, seed=3)
+    assert torch.equal(plain, shown)
+    assert len(counts) == 1 and counts[0].total == 3 * 5 and counts[0].n == 3 * 5  # 3 batches of 5 steps
