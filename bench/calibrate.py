@@ -159,11 +159,9 @@ def fid_protocol_delta(assets, paper: Profile, count_n: int, sampler_n: int, for
     remain = [c for c in range(k) if c != forget]
     mine = ("profile", p.sampler_steps, p.eta, p.guidance)
     theirs = ("paper", paper.sampler_steps, paper.eta, paper.guidance)
-    runs = [(*mine, p.n_per_class, s) for s in range(fast_seeds)]
-    runs += [(*mine, count_n, 0)]
-    if sampler_n != count_n:
-        runs += [(*mine, sampler_n, 0)]
-    runs += [(*theirs, sampler_n, 0)]
+    # a count that coincides with another is sampled once (seed 0's images are the same)
+    runs = list(dict.fromkeys([*((*mine, p.n_per_class, s) for s in range(fast_seeds)), (*mine, count_n, 0),
+                               (*mine, sampler_n, 0), (*theirs, sampler_n, 0)]))
     rows = []
     for name, steps, eta, w, n, seed in runs:
         labels = torch.tensor(remain).repeat_interleave(n)
@@ -182,15 +180,18 @@ def fid_protocol_delta(assets, paper: Profile, count_n: int, sampler_n: int, for
     return pd.DataFrame(rows)
 
 
-def fid_delta_summary(df: pd.DataFrame, profile_n: int) -> dict[str, float]:
-    """The differences ``fid_delta.md`` states, from :func:`fid_protocol_delta`'s rows."""
+def fid_delta_summary(df: pd.DataFrame, profile_n: int, count_n: int) -> dict[str, float]:
+    """The differences ``fid_delta.md`` states, from :func:`fid_protocol_delta`'s rows (``profile_n``: the
+    profile's count per class, ``count_n``: the paper's)."""
     prof, paper = df[df.sampler == "profile"], df[df.sampler == "paper"]
     sampler_n = int(paper.n_per_class.iloc[0])
-    count_n = int(prof[prof.n_per_class != profile_n].n_per_class.max()) if (prof.n_per_class != profile_n).any() \
-        else profile_n
+
+    def seed0(n: int) -> float:
+        return float(prof[(prof.n_per_class == n) & (prof.seed == 0)].fid.iloc[0])
+
     reported = prof[prof.n_per_class == profile_n].fid
-    at_count = float(prof[prof.n_per_class == count_n].fid.iloc[0])
-    sampler_effect = float(paper.fid.iloc[0]) - float(prof[prof.n_per_class == sampler_n].fid.iloc[0])
+    at_count = seed0(count_n)
+    sampler_effect = float(paper.fid.iloc[0]) - seed0(sampler_n)
     estimate = at_count + sampler_effect
     return {"reported": float(reported.mean()), "reported_min": float(reported.min()),
             "reported_max": float(reported.max()), "seeds": len(reported), "count_n": count_n,
@@ -199,9 +200,9 @@ def fid_delta_summary(df: pd.DataFrame, profile_n: int) -> dict[str, float]:
             "delta": estimate - float(reported.mean())}
 
 
-def write_fid_delta(df: pd.DataFrame, profile_n: int, folder: Path, title: str) -> str:
+def write_fid_delta(df: pd.DataFrame, profile_n: int, count_n: int, folder: Path, title: str) -> str:
     """``fid_delta.{csv,md}``: every measurement, then the differences the README quotes."""
-    s = fid_delta_summary(df, profile_n)
+    s = fid_delta_summary(df, profile_n, count_n)
     lines = [f"# {title}", "", "| sampler | steps | eta | w | per class | seed | FID | KID | sampling s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in df.to_dict("records"):

@@ -331,6 +331,14 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def _check_inception(task, profile, weights: str | None) -> None:
+    """With Inception-v3 FID, missing weights are one message before any work."""
+    if (profile.fid_features or task.fid_features) == "inception-v3":
+        from metrics.inception import find_inception
+
+        find_inception(weights)
+
+
 def _fid_delta_plan(args, task, profile):
     """``--fid-delta N[,M]`` checked before any training: ``(paper profile, N, M)`` or None."""
     if not args.fid_delta:
@@ -346,10 +354,7 @@ def _fid_delta_plan(args, task, profile):
     if len(ns) not in (1, 2) or min(ns) < 2:
         raise BenchError(f"--fid-delta expects N or N,M images per class (each >= 2, or 'paper'), "
                          f"got {args.fid_delta!r}")
-    if (profile.fid_features or task.fid_features) == "inception-v3":
-        from metrics.inception import find_inception
-
-        find_inception(args.inception_weights)  # missing weights: one message before any training
+    _check_inception(task, profile, args.inception_weights)
     return paper, ns[0], ns[-1]
 
 
@@ -361,7 +366,7 @@ def _fid_delta(args, task, profile, assets, base_seed: int, plan) -> None:
     assets.inception_weights = args.inception_weights
     out = ensure_writable_dir(Path(args.out), "--out") / task.name
     df = fid_protocol_delta(assets, paper, count_n, sampler_n, task.default_forget)
-    print(write_fid_delta(df, profile.n_per_class, out,
+    print(write_fid_delta(df, profile.n_per_class, count_n, out,
                           f"{task.name}: {profile.name} FID vs the paper protocol's, one base model (base seed "
                           f"{base_seed}, {assets.base_meta['steps']} steps), forget class {task.default_forget}"))
 
@@ -400,10 +405,8 @@ def plan_grid(args, threads: int | None = None):
     task = resolve_task(args.task, args.fid_backend, args.fid_features, args.paper_compat, args.unet)
     task.profile(args.profile)
     kind = getattr(task, "kind", "class")
-    if kind == "class" and (task.profile(args.profile).fid_features or task.fid_features) == "inception-v3":
-        from metrics.inception import find_inception
-
-        find_inception(args.inception_weights)  # missing weights: one message before any work
+    if kind == "class":
+        _check_inception(task, task.profile(args.profile), args.inception_weights)
     methods = METHODS.resolve_list(args.methods)
     if args.methods.strip().lower() == "all":  # reference rows first, so a partial run already has its anchors
         from bench.method import supports

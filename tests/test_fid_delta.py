@@ -25,7 +25,7 @@ def test_summary_splits_the_gap_by_its_definitions():
     df = pd.DataFrame([_row("profile", 30, 0, 10.0), _row("profile", 30, 1, 12.0),  # reported: mean 11
                        _row("profile", 500, 0, 8.0),  # paper's count, profile sampler
                        _row("profile", 50, 0, 15.0), _row("paper", 50, 0, 20.0, steps=1000, eta=1.0)])
-    s = fid_delta_summary(df, profile_n=30)
+    s = fid_delta_summary(df, profile_n=30, count_n=500)
     assert s["reported"] == 11.0 and (s["reported_min"], s["reported_max"], s["seeds"]) == (10.0, 12.0, 2)
     assert (s["count_n"], s["sampler_n"]) == (500, 50)
     assert s["small_sample_bias"] == 3.0  # 11 - 8
@@ -37,7 +37,7 @@ def test_summary_splits_the_gap_by_its_definitions():
 def test_summary_when_the_sampler_is_compared_at_the_paper_count():
     df = pd.DataFrame([_row("profile", 16, 0, 9.0), _row("profile", 64, 0, 6.0),
                        _row("paper", 64, 0, 7.5, steps=1000, eta=1.0)])
-    s = fid_delta_summary(df, profile_n=16)
+    s = fid_delta_summary(df, profile_n=16, count_n=64)
     assert (s["count_n"], s["sampler_n"]) == (64, 64)
     assert s["paper_estimate"] == 7.5 and s["delta"] == -1.5 and s["small_sample_bias"] == 3.0
 
@@ -53,8 +53,8 @@ def test_fid_delta_on_the_digits_model(assets, tmp_path):
     assert all(math.isfinite(f) and f > 0 for f in df.fid)
     assert df.fid.iloc[0] != df.fid.iloc[1]  # two seeds, two image sets
     assert df.fid.iloc[3] > df.fid.iloc[2]  # 8 per class is biased upward against 32 per class
-    text = write_fid_delta(df, n0, tmp_path, "digits smoke")
-    s = fid_delta_summary(df, n0)
+    text = write_fid_delta(df, n0, 32, tmp_path, "digits smoke")
+    s = fid_delta_summary(df, n0, 32)
     assert f"**{s['delta']:+.3f}**" in text
     assert pd.read_csv(tmp_path / "fid_delta.csv").shape[0] == len(df)
 
