@@ -1,9 +1,11 @@
-"""``UnlearnContext``: everything a method may use, handed out by the driver.
+"""``UnlearnContext``: everything a method may use, handed out by the driver, for class and concept tasks alike.
 
-Models come from the context so the driver can count their forward and backward passes;
-optimizers come from it so their steps are counted; the loop comes from :meth:`steps` so the
-driver can show progress, enforce the budget and run cheap probes whose cost is excluded from the
-unlearning time.
+Models come from the context so the driver can count their forward and backward passes; optimizers come
+from it so their steps are counted; the loop comes from :meth:`UnlearnContext.steps` so the driver can show
+progress, enforce the budget and run probes whose cost is excluded from the unlearning time. What differs
+between a class-conditional pixel DDPM and a text-to-image latent model (conditioning, encoder, schedule,
+loss reduction, guidance form, data, sampler) comes from the task's model family
+(:mod:`bench.models.family`), so a method written against this context runs on both.
 """
 
 from __future__ import annotations
@@ -19,22 +21,23 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from bench.assets import Assets
-from bench.data import batch_stream
-from bench.diffusion import Diffusion
-from bench.generators import DiffusionSampler, Generator, OneStepGenerator
-from bench.measure import Counts, PeakMemory, Stopwatch
-from bench.nets import CondUNet
-from bench.tasks import split_by_class
+from bench.core.errors import BenchError
+from bench.core.measure import Counts, PeakMemory, Stopwatch
+from bench.models.generators import OneStepGenerator
 
 
 class Probe(Protocol):
-    """What the driver probes during unlearning: ``full`` (UA and a probe FID, at the scheduled
-    probes) and ``ua`` (UA alone, on the same forget-class noise; the bisection refinement)."""
+    """What the driver probes during unlearning: ``full`` (UA, and a probe FID where the task has one, at
+    the scheduled probes) and ``ua`` (UA alone, on the same noise; the bisection refinement)."""
 
-    def full(self, gen: Generator) -> dict[str, float]: ...
+    def full(self, gen: Any) -> dict[str, float]: ...
 
-    def ua(self, gen: Generator) -> float: ...
+    def ua(self, gen: Any) -> float: ...
+
+
+class SkipCell(Exception):
+    """Raised (through :meth:`UnlearnContext.skip`) by a method that cannot run here, e.g. SFD on a concept task
+    without a one-step generator: the cell is written with ``status="skipped"`` and the reason."""
 
 
 def snapshot_every(n: int, fraction: float) -> int:
@@ -43,8 +46,8 @@ def snapshot_every(n: int, fraction: float) -> int:
 
 
 class RunRecords:
-    """What both contexts keep about a run: facts for the row (``record``), per-iteration scalars
-    (``log``) and the counting hooks they attached (removed by ``close``)."""
+    """What the context keeps about a run: facts for the row (``record``), per-iteration scalars (``log``)
+    and the counting hooks it attached (removed by ``close``)."""
 
     info: dict[str, Any]
     iterations_run: int
@@ -82,39 +85,31 @@ class RunRecords:
 
 
 class UnlearnContext(RunRecords):
-    def __init__(self, assets: Assets, forget_class: int, cover_class: int, seed: int, counts: Counts,
-                 stopwatch: Stopwatch, probe_fn: Probe | None = None, n_probes: int = 0,
-                 progress: bool = True, label: str = "", memory: PeakMemory | None = None,
-                 ua_target: float | None = None, resolution: float = 0.02) -> None:
-        self.assets = assets
-        self.task = assets.task
-        self.profile = assets.profile
-        self.device: torch.device = assets.device
-        self.diffusion: Diffusion = assets.diffusion
-        self.forget_class = forget_class
-        self.cover_class = cover_class
-        self.num_classes = assets.task.num_classes
-        self.remain_classes = [c for c in range(self.num_classes) if c != forget_class]
+    def __init__(self, family: Any, seed: int, counts: Counts, stopwatch: Stopwatch, probe_fn: Probe | None = None,
+                 n_probes: int = 0, progress: bool = True, label: str = "", memory: PeakMemory | None = None,
+                 ua_target: float | None = None, resolution: float = 0.02, one_step_generator: str | None = None
+                 ) -> None:
+        self.family = family
+        self.kind: str = family.kind
+        self.task, self.profile, self.device = family.task, family.profile, family.device
+        self.forget_class, self.cover_class = family.forget, family.cover
+        self.num_classes = family.task.num_classes
+        self.remain_classes = [c for c in range(self.num_classes) if c != self.forget_class]
+        self.image_shape = family.image_shape  # the model's input: pixels (class tasks) or latents
+        self.pixel_shape = family.pixel_shape
+        self.T: int = family.T
+        self.weights_evaluated: str = family.weights_evaluated
         self.seed = seed
-        self.image_shape = assets.image_shape
-        self.counts = counts
-        self.stopwatch = stopwatch
-        self._probe_fn = probe_fn
-        self._n_probes = n_probes
-        self._memory = memory
-        self._ua_target = ua_target
-        self._resolution = resolution
+        self.one_step_generator = one_step_generator
+        self.counts, self.stopwatch = counts, stopwatch
+        self._probe_fn, self._n_probes, self._memory = probe_fn, n_probes, memory
+        self._ua_target, self._resolution = ua_target, resolution
         self._snapshots: list[dict[str, Any]] = []
         self._scratch: dict[int, nn.Module] = {}
         self._target_found = False
-        self._last_miss: dict[str, Any] | None = None
-        self._progress = progress
-        self._label = label
+        self._progress, self._label = progress, label
         self._hooks: list = []
         self._default_probe_net: nn.Module | None = None
-        self._stream_seed = seed * 7919
-        s = assets.splits
-        self._xf, self._yf, self._xr, self._yr = split_by_class(s.train_x, s.train_y, forget_class)
         self.curve: list[dict[str, Any]] = []
         self._logs: list[dict[str, Any]] = []
         self.setup_seconds: float | None = None
@@ -125,38 +120,47 @@ class UnlearnContext(RunRecords):
         self.refine_seconds = 0.0  # wall time of snapshots and bisection probes (excluded too)
         self.refine_probes = 0
         self.snapshot_interval: int | None = None
+        for net, name in family.tracked():
+            self._track(net, name)
+
+    # --- kind-specific handles -----------------------------------------------------------------
+    @property
+    def assets(self) -> Any:
+        return self.family.assets
+
+    @property
+    def diffusion(self):
+        """The pixel DDPM's schedule and helpers (class tasks; concept tasks have no pixel diffusion)."""
+        return self.family.diffusion
 
     # --- models ------------------------------------------------------------------------------
     def _track(self, net: nn.Module, name: str) -> nn.Module:
         self._hooks += self.counts.attach(net, name)
         return net
 
-    def base_model(self, weights: str = "raw", name: str = "model", trainable: bool = True) -> CondUNet:
-        """A fresh copy of the pretrained base model on the device (``raw`` or ``ema`` weights).
+    def base_model(self, weights: str | None = None, name: str = "model", trainable: bool = True) -> nn.Module:
+        """A fresh copy of the pretrained base model on the device (class tasks: ``raw`` or ``ema`` weights;
+        default ``raw``).
 
-        With ``trainable=False`` the copy is frozen (``requires_grad=False``) and in ``eval()``; it
-        can still be differentiated *through*. The first trainable model handed out is what the
-        default probe samples.
-        """
-        net = self.assets.base(weights)
+        With ``trainable=False`` the copy is frozen (``requires_grad=False``) and in ``eval()``; it can still be
+        differentiated *through*. The first trainable model handed out is what the default probe samples."""
+        net = self.family.base(weights or ("raw" if self.kind == "class" else self.weights_evaluated))
         if trainable:
-            net.train()
+            net.train().requires_grad_(True)
             if self._default_probe_net is None:
                 self._default_probe_net = net
         else:
-            net.eval()
-            for p in net.parameters():
-                p.requires_grad_(False)
+            net.eval().requires_grad_(False)
         return self._track(net, name)
 
-    def retrained_model(self, steps: int, weights: str = "raw") -> CondUNet:
+    def retrained_model(self, steps: int, weights: str = "raw") -> nn.Module:
         """The base architecture trained from scratch on D_r with the base model's recipe and seed
         (``steps`` iterations), built once per (base seed, forget class, recipe) in the asset cache.
 
         Its cost (wall seconds, optimizer steps, backward passes, peak memory) was measured by the
         harness when it was built and is carried into this run's row, whether the cache was hit or
         not; the build itself is excluded from this run's own measurements."""
-        with self._unmeasured():
+        with self.unmeasured():
             net, meta = self.assets.retrain(self.forget_class, steps, weights)
         self.carried = {"seconds": meta["train_seconds"], "optimizer_steps": meta["steps"],
                         "backward_passes": meta["steps"], "peak_mem_mb": meta.get("peak_mem_mb", math.nan)}
@@ -165,7 +169,7 @@ class UnlearnContext(RunRecords):
         self.record(retrain_hash=meta["files"][weight_file][:16])
         return self._track(net.to(self.device), "model")
 
-    def clone(self, net: CondUNet, name: str, trainable: bool = True) -> CondUNet:
+    def clone(self, net: nn.Module, name: str, trainable: bool = True) -> nn.Module:
         """A tracked deep copy of a model the method already holds."""
         twin = net.clone()
         if not trainable:
@@ -174,53 +178,124 @@ class UnlearnContext(RunRecords):
                 p.requires_grad_(False)
         return self._track(twin, name)
 
-    # --- data --------------------------------------------------------------------------------
+    def param_set(self, net: nn.Module, name: str, auto: str = "full") -> list[nn.Parameter]:
+        """The parameters a method trains: ``full`` (every one), ``auto`` (the task's choice for the method
+        ``auto`` names: ESD-u or ESD-x by concept, SA's ``noxattn`` for nudity) or, on text-to-image UNets,
+        ``xattn``, ``noxattn``, ``esd-u-2024``. Only they keep ``requires_grad``."""
+        chosen = self.family.param_set(net, name, auto)
+        keep = {id(p) for _, p in chosen}
+        for p in net.parameters():
+            p.requires_grad_(id(p) in keep)
+        params = [p for _, p in chosen]
+        if name != "full":
+            self.record(param_set=name if name != "auto" else f"auto ({len(params)} tensors)",
+                        trainable_params=sum(p.numel() for p in params))
+        return params
+
+    # --- data ----------------------------------------------------------------------------------
     def forget_data(self) -> tuple[Tensor, Tensor]:
-        """All real training images of the forget class (D_f), in model space, on the device."""
-        return self._xf.to(self.device), self._yf.to(self.device)
+        """All of D_f and its conditioning (class tasks: images in model space and labels; concept tasks:
+        uint8 images, to pass through :meth:`encode`, and prompt embeddings)."""
+        return self.family.forget_data()
 
     def remain_data(self) -> tuple[Tensor, Tensor]:
-        """All real training images of the other classes (D_r)."""
-        return self._xr.to(self.device), self._yr.to(self.device)
+        """All of D_r with each image's own conditioning."""
+        return self.family.remain_data()
 
-    def _next_seed(self) -> int:
-        self._stream_seed += 1
-        return self._stream_seed
-
-    def forget_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """Infinite shuffled batches of D_f (labels are the forget class)."""
-        return batch_stream(self._xf, self._yf, batch_size, self._next_seed(), self.device)
+    def forget_batches(self, batch_size: int, first: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        """Infinite shuffled batches ``(x0, c)`` of D_f, encoded (pixels or VAE latents), with the forget
+        condition; ``first`` always takes the first ``batch_size`` images (a reference quirk)."""
+        return self.family.forget_batches(batch_size, first)
 
     def remain_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """Infinite shuffled batches of D_r with their true labels."""
-        return batch_stream(self._xr, self._yr, batch_size, self._next_seed(), self.device)
+        """Infinite shuffled batches ``(x0, c)`` of D_r, each image with its own condition."""
+        return self.family.remain_batches(batch_size)
+
+    def remain_groups(self) -> Tensor:
+        """The class (or, on concept tasks, the caption index) of each image of :meth:`remain_data`."""
+        return self.family.remain_groups()
 
     def remain_labels(self, batch_size: int) -> Iterator[Tensor]:
         """Infinite batches of D_r's labels only (data-free methods draw the label distribution)."""
         for _, y in self.remain_batches(batch_size):
             yield y
 
+    def surrogate_images(self) -> Tensor:
+        """Images standing in for the forget condition (SA): the cover class's or the surrogate prompt's."""
+        return self.family.surrogate_images()
+
     def labels(self, cls: int, n: int) -> Tensor:
         return torch.full((n,), cls, dtype=torch.long, device=self.device)
+
+    # --- conditioning, encoder, schedule, losses (the family's) ------------------------------
+    def cond(self, role: str, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` copies of a condition: ``forget``, ``cover``, ``erase`` (ESD), ``sa_forget`` (SA) or ``null``."""
+        return self.family.cond(role, n, generator)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Model input of images: the identity (class tasks) or VAE latents (concept tasks)."""
+        return self.family.encode(x)
+
+    def timesteps(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Training timesteps: antithetic (class tasks, the reference's draw) or uniform (concept tasks)."""
+        return self.family.timesteps(n, generator)
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        return self.family.q_sample(x0, t, noise)
+
+    def eps(self, net: nn.Module, x: Tensor, t: Tensor, c: Tensor, p_drop: float = 0.0) -> Tensor:
+        """The noise prediction; ``p_drop`` replaces each condition by ∅ with that probability."""
+        return self.family.eps(net, x, t, c, p_drop)
+
+    def loss(self, net: nn.Module, x0: Tensor, c: Tensor, p_drop: float = 0.0, t: Tensor | None = None,
+             noise: Tensor | None = None) -> Tensor:
+        """The task's denoising loss (class: L_simple, summed over pixels; concept: SD's element mean)."""
+        return self.family.loss(net, x0, c, p_drop, t, noise)
+
+    def per_sample(self, sq: Tensor) -> Tensor:
+        """The loss's reduction of a squared error to one value per sample (sum over pixels, or mean over
+        latent elements)."""
+        return self.family.per_sample(sq)
+
+    def per_sample_loss(self, net: nn.Module, x0: Tensor, c: Tensor, p_drop: float = 0.0, t: Tensor | None = None,
+                        noise: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        return self.family.per_sample_loss(net, x0, c, p_drop, t, noise, generator)
+
+    def guided_eps(self, net: nn.Module, x: Tensor, t: Tensor, c: Tensor, w: float) -> Tensor:
+        """Classifier-free guidance ``(1 + w) ε(c) − w ε(∅)`` (SD's ``s`` form with ``s = 1 + w``)."""
+        return self.family.guided_eps(net, x, t, c, w)
+
+    def initial(self, n: int) -> Tensor:
+        """Fresh N(0, I) noise of the model's input shape."""
+        return self.family.initial(n)
+
+    def ddim_timesteps(self, steps: int) -> Tensor:
+        return self.family.ddim_timesteps(steps)
+
+    def ddim_partial(self, net: nn.Module, c: Tensor, w: float, steps: int, stop_after: int,
+                     z: Tensor | None = None) -> Tensor:
+        """Guided DDIM (η 0) with ``net`` from fresh noise, returning the input after step ``stop_after``."""
+        return self.family.ddim_partial(net, c, w, steps, stop_after, z)
 
     # --- optimisation ------------------------------------------------------------------------
     def optimizer(self, params: Iterable[Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
                   eps: float = 1e-8, weight_decay: float = 0.0, kind: str = "adam") -> torch.optim.Optimizer:
         """Adam (default) or AdamW; every ``step()`` is counted by the driver."""
+        if kind not in ("adam", "adamw"):
+            raise BenchError(f"optimizer must be 'adam' or 'adamw', not {kind!r}")
         cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind]
         return cls(list(params), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
-    def steps(self, n: int, probe: Callable[[], Generator] | None = None) -> Iterator[int]:
+    def steps(self, n: int, probe: Callable[[], Any] | None = None) -> Iterator[int]:
         """The budgeted loop: yields ``0 .. n-1`` with a progress bar.
 
-        Probes (UA and a probe FID) run before the first iteration, every ``n / n_probes``
-        iterations and after the last. Between them the weights the probe would sample are
-        snapshotted every ``snapshot_every(n, resolution)`` iterations; when a probe first reaches
-        the UA target, the snapshots since the last probe that missed it are bisected with UA-only
-        probes, so the time to the target is known to one snapshot interval. ``probe`` returns the
-        generator to probe (default: the task sampler over the first trainable model). Probe,
-        snapshot and bisection time, forward passes, steps and memory are all excluded from the
-        measurements.
+        Probes (UA, and a probe FID where the task has one) run before the first iteration, every
+        ``n / n_probes`` iterations and after the last. Between them the weights the probe would sample are
+        snapshotted every ``snapshot_every(n, resolution)`` iterations; when a probe first reaches the UA
+        target, the snapshots since the last probe that missed it are bisected with UA-only probes, so the
+        time to the target is known to one snapshot interval. ``probe`` returns the generator to probe
+        (default: the task sampler over the first trainable model). Probe, snapshot and bisection time,
+        forward passes, steps and memory are all excluded from the measurements.
         """
         if self.setup_seconds is None:
             self.setup_seconds = self.stopwatch.elapsed
@@ -238,31 +313,35 @@ class UnlearnContext(RunRecords):
             elif snap and not self._target_found and (i + 1) % snap == 0:
                 self._snapshot(make)
 
-    def _default_probe(self) -> Generator:
+    def skip(self, reason: str) -> None:
+        """Stop here: this method cannot run on this task or machine; the cell is written as skipped."""
+        raise SkipCell(reason)
+
+    def _default_probe(self) -> Any:
         if self._default_probe_net is None:
             raise RuntimeError("no trainable model to probe; pass probe= to ctx.steps()")
         return self.sampler(self._default_probe_net)
 
     @contextlib.contextmanager
-    def _unmeasured(self) -> Iterator[None]:
+    def unmeasured(self) -> Iterator[None]:
         """Nothing inside counts: time, steps, passes, memory; the method's RNG streams are untouched."""
         mem = self._memory.paused() if self._memory is not None else contextlib.nullcontext()
-        with self.stopwatch.paused(), self.counts.paused(), mem, \
-                torch.random.fork_rng(devices=self._rng_devices()):
+        devices = [self.device] if self.device.type == "cuda" else []
+        with self.stopwatch.paused(), self.counts.paused(), mem, torch.random.fork_rng(devices=devices):
             yield
 
     def _point(self, iteration: int) -> dict[str, Any]:
         return {"iter": iteration, "unlearn_s": self.stopwatch.elapsed, "grad_steps": self.counts.optimizer_steps,
                 "backward_passes": self.counts.backward_passes}
 
-    def _probe(self, iteration: int, make: Callable[[], Generator]) -> None:
+    def _probe(self, iteration: int, make: Callable[[], Any]) -> None:
         if self._probe_fn is None:
             return
         if self.curve and self.curve[-1]["iter"] == iteration:
             return
         point = self._point(iteration)
         t0 = time.perf_counter()
-        with self._unmeasured():
+        with self.unmeasured():
             values = self._probe_fn.full(make())
         self.probe_seconds += time.perf_counter() - t0
         self.curve.append({**point, "kind": "probe", **values})
@@ -271,23 +350,21 @@ class UnlearnContext(RunRecords):
         if values.get("ua", -1.0) >= self._ua_target:
             self._target_found = True
             t0 = time.perf_counter()
-            with self._unmeasured():
+            with self.unmeasured():
                 self._bisect(make)
             self.refine_seconds += time.perf_counter() - t0
-        else:
-            self._last_miss = point
         self._snapshots.clear()
 
-    def _snapshot(self, make: Callable[[], Generator]) -> None:
+    def _snapshot(self, make: Callable[[], Any]) -> None:
         t0 = time.perf_counter()
         point = self._point(self.iterations_run)
-        with self._unmeasured():
+        with self.unmeasured():
             net = make().net
             point["state"] = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
         self._snapshots.append(point)
         self.refine_seconds += time.perf_counter() - t0
 
-    def _bisect(self, make: Callable[[], Generator]) -> None:
+    def _bisect(self, make: Callable[[], Any]) -> None:
         """First snapshot reaching the target between the last miss and the probe that hit: each
         UA-only probe halves the candidates (assumes UA crosses the target once in the window)."""
         cands = self._snapshots
@@ -312,16 +389,14 @@ class UnlearnContext(RunRecords):
                 lo = mid
         self.curve.sort(key=lambda p: p["iter"])
 
-    def _rng_devices(self) -> list:
-        return [self.device] if self.device.type == "cuda" else []
-
     # --- outputs -----------------------------------------------------------------------------
-    def sampler(self, net: nn.Module, weights: str = "raw") -> DiffusionSampler:
-        """The task profile's evaluation sampler over ``net``."""
-        p = self.profile
-        return DiffusionSampler(net, self.diffusion, p.sampler_steps, p.guidance, p.eta, self.image_shape, weights)
+    def sampler(self, net: nn.Module, weights: str | None = None) -> Any:
+        """The task profile's evaluation sampler over ``net`` (a guided diffusion sampler, or for concept
+        tasks a prompt sampler that decodes with the VAE)."""
+        return self.family.sampler(net, weights or ("raw" if self.kind == "class" else "final"))
 
     def one_step(self, net: nn.Module, fn: Callable[[nn.Module, Tensor, Tensor], Tensor],
                  weights: str = "ema") -> OneStepGenerator:
         """A one-step generator: ``fn(net, z, labels)`` maps N(0, I) noise to images in [-1, 1]."""
         return OneStepGenerator(net, fn, self.image_shape, weights)
+

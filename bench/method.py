@@ -11,8 +11,8 @@ import dataclasses
 import json
 from typing import Any, ClassVar
 
-from bench.errors import BenchError
-from bench.registry import Registry
+from bench.core.errors import BenchError
+from bench.core.registry import Registry
 
 
 class Method:
@@ -39,25 +39,21 @@ class Method:
     expected_failures: ClassVar[dict[str, str]] = {}
     #: reference rows (Original, Retrain) are shown apart in tables
     reference_row: ClassVar[bool] = False
-    #: per-profile overrides of the reference defaults: keys are a profile ("fast") or
-    #: "task:profile" ("digits-class:fast"); the "paper" profile uses the reference defaults
+    #: overrides of the reference defaults, applied in this order (later wins):
+    #: ``"concept"`` (the reference defaults of the method's text-to-image variant, on every concept task),
+    #: a profile (``"fast"``: class tasks; ``"concept:fast"``: concept tasks), then ``"<task>:<profile>"``
+    #: (``"digits-class:fast"``, ``"sd-digits:smoke"``). The class ``"paper"`` profile uses the reference defaults.
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     #: which task kinds the method supports: "class" (class-conditional DDPM) and/or "concept"
-    #: (text-to-image concept forgetting: then ``ConceptConfig`` and ``unlearn_concept`` are required)
+    #: (text-to-image concept forgetting); one ``unlearn(ctx)`` serves both, through the context
     task_kinds: ClassVar[frozenset[str]] = frozenset({"class"})
-    #: hyperparameters on concept tasks (sd-concepts spec §3), with an ``iters`` field
-    ConceptConfig: ClassVar[type | None] = None
-    #: presets of ``ConceptConfig`` keyed like ``presets`` ("smoke", "sd-nudity:paper")
-    concept_presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, config: Any) -> None:
         self.config = config
 
     def unlearn(self, ctx):  # pragma: no cover - the contract
-        raise NotImplementedError
-
-    def unlearn_concept(self, ctx):  # pragma: no cover - the contract of concept-capable methods
-        """Concept forgetting with a :class:`bench.sd.context.ConceptContext`; returns a prompt sampler."""
+        """Unlearn with a :class:`bench.context.UnlearnContext`; return a generator (``ctx.sampler(net)`` or
+        ``ctx.one_step(...)``)."""
         raise NotImplementedError
 
     @classmethod
@@ -96,11 +92,6 @@ def register_method(name: str):
             raise TypeError(f"method {name!r} needs a dataclass Config")
         if "iters" not in {f.name for f in dataclasses.fields(cls.Config)}:
             raise TypeError(f"method {name!r}: Config must have an 'iters' field (the budget)")
-        if "concept" in cls.task_kinds:
-            cc = getattr(cls, "ConceptConfig", None)
-            if not dataclasses.is_dataclass(cc) or "iters" not in {f.name for f in dataclasses.fields(cc)}:
-                raise TypeError(f"method {name!r} supports concept tasks: it needs a dataclass ConceptConfig "
-                                f"with an 'iters' field")
         cls.name = name
         METHODS.add(name, cls)
         return cls
@@ -115,34 +106,50 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def resolve_config(cls: type[Method], task: str, profile: str, overrides: dict[str, Any] | None = None,
-                   iters: int | None = None, task_obj: Any = None, profile_obj: Any = None) -> Any:
-    """Reference defaults, then ``task_defaults``, then the profile preset, then the task:profile preset,
-    then user overrides (``--set``), then ``--steps``."""
-    concept = getattr(task_obj, "kind", "class") == "concept"
-    config_cls = cls.ConceptConfig if concept else cls.Config
-    presets = cls.concept_presets if concept else cls.presets
-    merged: dict[str, Any] = {}
-    if not concept:
-        merged.update(cls.task_defaults(task_obj, profile_obj) if task_obj is not None else {})
-    merged.update(presets.get(profile, {}))
-    merged.update(presets.get(f"{task}:{profile}", {}))
+def per_task(values: dict[str, dict], profiles: tuple[str, ...] = ("smoke", "fast", "paper")) -> dict[str, dict]:
+    """``{"sd-nudity": {...}}`` -> presets keyed ``"sd-nudity:<profile>"`` for every profile."""
+    return {f"{task}:{p}": v for task, v in values.items() for p in profiles}
+
+
+def merge_presets(*dicts: dict[str, dict]) -> dict[str, dict]:
+    """Presets merged key by key (later dictionaries win within a key)."""
+    out: dict[str, dict] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = {**out.get(k, {}), **v}
+    return out
+
+
+def preset_keys(kind: str, task: str, profile: str) -> list[str]:
+    """The preset keys that apply to a cell, in the order they are applied."""
+    if kind == "concept":
+        return ["concept", f"concept:{profile}", f"{task}:{profile}"]
+    return [profile, f"{task}:{profile}"]
+
+
+def resolve_config(cls: type[Method], task: Any, profile: Any, overrides: dict[str, Any] | None = None,
+                   iters: int | None = None) -> Any:
+    """Reference defaults, then ``task_defaults``, then the presets (:func:`preset_keys`), then the profile's
+    per-method sizes, then user overrides (``--set``), then ``--steps``."""
+    kind = getattr(task, "kind", "class")
+    merged: dict[str, Any] = dict(cls.task_defaults(task, profile))
+    for key in preset_keys(kind, task.name, profile.name):
+        merged.update(cls.presets.get(key, {}))
     # a profile may shrink every method's sizes ("*": only options the method has) or one method's
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    shrink = getattr(profile_obj, "method_overrides", None) or {}
-    merged.update({k: v for k, v in shrink.get("*", {}).items() if k in names})
+    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+    shrink = getattr(profile, "method_overrides", None) or {}
+    merged.update({k: v for k, v in shrink.get("*", {}).items() if k in fields})
     merged.update(shrink.get(cls.name, {}))
     merged.update(overrides or {})
     if iters is not None:
         if iters < 0:
             raise BenchError(f"--steps must be non-negative, got {iters}")
         merged["iters"] = iters
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(merged) - set(fields))
     if unknown:
         raise BenchError(f"method {cls.name!r} has no option {', '.join(unknown)}; "
                          f"options: {', '.join(sorted(fields))}")
-    base = config_cls()
+    base = cls.Config()
     for key, value in merged.items():
         default = getattr(base, key)
         if isinstance(default, bool) and not isinstance(value, bool):

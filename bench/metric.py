@@ -8,15 +8,16 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from bench.assets import Assets
-from bench.diffusion import from_uint8
-from bench.generators import Generator
-from bench.registry import Registry
+from bench.assets.classes import Assets
+from bench.assets.training import predict
+from bench.core.registry import Registry
+from bench.models.diffusion import from_uint8
+from bench.models.generators import Generator
 
 
 @dataclass
 class EvalContext:
-    """What a metric sees: the samples the driver drew once, the task assets and the generator."""
+    """What a class-task metric sees: the samples the driver drew once, the task assets and the generator."""
 
     assets: Assets
     generator: Generator
@@ -36,8 +37,6 @@ class EvalContext:
         """Classifier probabilities of the ``forget`` or ``remain`` samples (computed once)."""
         key = f"probs:{which}"
         if key not in self.cache:
-            from bench.train import predict
-
             imgs = self.forget_images if which == "forget" else self.remain_images
             self.cache[key] = predict(self.assets.classifier(), from_uint8(imgs))
         return self.cache[key]
@@ -46,6 +45,22 @@ class EvalContext:
         """Real remaining-class training images (uint8) — the FID reference set (the first
         ``fid_ref_per_class`` of each remaining class in file order when the profile sets it)."""
         return real_remain(self.assets, self.forget_class)
+
+
+@dataclass
+class ConceptEvalContext:
+    """What a concept-task metric sees: rendered images per evaluation set, the model assets, the cell's
+    concept and the run's options (paths of optional metric inputs such as ``clip_model``)."""
+
+    assets: Any
+    task: Any
+    profile: Any
+    concept: int
+    sets: dict[str, tuple[str, Any, Tensor]]  # name -> (use, EvalSet, uint8 images in request order)
+    options: Any
+
+    def of_use(self, use: str) -> list[tuple[str, Any, Tensor]]:
+        return [(n, es, imgs) for n, (u, es, imgs) in self.sets.items() if u == use]
 
 
 def real_remain(assets: Assets, forget_class: int) -> Tensor:

@@ -1,4 +1,4 @@
-"""Method plugins: every public module here is imported by ``bench.plugins.load_all``.
+"""Method plugins: every public module here is imported by ``bench.engine.plugins.load_all``.
 
 Modules starting with ``_`` hold shared pieces (saliency masks, distillation losses) and are not
 methods themselves.

@@ -7,37 +7,38 @@ import torch
 from methods._masks import apply_mask, clip_norm_
 
 
-def relabel_forget_loss(d, net, x_f, c_f, cover: int, p_drop: float, t=None, noise=None):
-    """``mean over all B*C*H*W elements of (stopgrad(eps(net; x_t, t, c')) - eps(net; x_t, t, c_f))^2``
-    with ``x_t = q(x_f, t, noise)`` and the fixed cover class ``c'``; the target is a separate,
-    gradient-free forward pass (its own label-dropout draw)."""
+def relabel_forget_loss(ops, net, x_f, c_f, c_cover, p_drop: float, t=None, noise=None):
+    """``mean over all elements of (stopgrad(eps(net; x_t, t, c')) - eps(net; x_t, t, c_f))^2`` with
+    ``x_t = q(x_f, t, noise)`` and the cover condition ``c'`` (the next class, or the cover prompt); the
+    target is a separate, gradient-free forward pass (its own dropout draw) on the same ``x_t``."""
     if t is None:
-        t = d.antithetic_t(len(x_f))
+        t = ops.timesteps(len(x_f))
     if noise is None:
         noise = torch.randn_like(x_f)
-    x_t = d.q_sample(x_f, t, noise)
-    out = d.eps(net, x_t, t, c_f, p_drop=p_drop)
+    x_t = ops.q_sample(x_f, t, noise)
+    out = ops.eps(net, x_t, t, c_f, p_drop=p_drop)
     with torch.no_grad():
-        target = d.eps(net, x_t, t, torch.full_like(c_f, cover), p_drop=p_drop)
+        target = ops.eps(net, x_t, t, c_cover, p_drop=p_drop)
     return (target - out).pow(2).mean()
 
 
 def relabel_loop(ctx, net, cfg, mask=None):
-    """Forget images noised and labelled c_f are regressed (element-MEAN) onto the model's own
-    stop-gradient prediction for the fixed next class c'; plus alpha * L_simple on D_r.
-    Order: clip the global norm, THEN mask, then Adam."""
-    d = ctx.diffusion
-    opt = ctx.optimizer(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
-    forget, remain = ctx.forget_batches(cfg.batch), ctx.remain_batches(cfg.batch)
+    """Forget images under the forget condition are regressed (element MEAN) onto the model's own
+    stop-gradient prediction for the cover condition, plus ``alpha`` times the task's loss on D_r.
+    Order: clip the global norm (``clip > 0``), THEN mask, then Adam."""
+    opt = ctx.optimizer(ctx.param_set(net, "full"), lr=cfg.lr, betas=(0.9, 0.999))
+    forget = ctx.forget_batches(cfg.batch, first=cfg.forget_batch == "first")
+    remain = ctx.remain_batches(cfg.batch)
     for _ in ctx.steps(cfg.iters):
-        xr, yr = next(remain)
-        loss_r = d.simple_loss(net, xr, yr, p_drop=cfg.p_drop)
-        xf, yf = next(forget)
-        loss_f = relabel_forget_loss(d, net, xf, yf, ctx.cover_class, cfg.p_drop)
+        xr, cr = next(remain)
+        loss_r = ctx.loss(net, xr, cr, p_drop=cfg.p_drop)
+        xf, cf = next(forget)
+        loss_f = relabel_forget_loss(ctx, net, xf, cf, ctx.cond("cover", len(xf)), cfg.p_drop)
         loss = loss_f + cfg.alpha * loss_r
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        clip_norm_(net.parameters(), cfg.clip)
+        if cfg.clip > 0:
+            clip_norm_(net.parameters(), cfg.clip)
         if mask is not None:
             apply_mask(net, mask)
         opt.step()

@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bench.diffusion import from_uint8
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.datasets.streams import batch_stream
+from bench.models.diffusion import from_uint8
 
 REPLAY_SEED_OFFSET = 2_000_029  # distinct from the evaluation seed and the driver's probe offset
 
@@ -51,8 +52,6 @@ def generate_replay(ctx, classes: list[int], per_class: int, weights: str = "ema
 
 def replay_batches(x: Tensor, y: Tensor, batch: int, seed: int):
     """Infinite shuffled batches of the replay set (cycled, last partial batch kept)."""
-    from bench.data import batch_stream
-
     return batch_stream(x, y, batch, seed, x.device)
 
 
@@ -84,9 +83,50 @@ class EMA:
 
 
 def evaluated_weights(ctx, choice: str) -> str:
-    """``task`` follows the task's rule (protocol.md §3.3, ``ctx.task.weights_evaluated``); else
-    ``raw`` or ``ema``."""
-    w = ctx.task.weights_evaluated if choice == "task" else choice
-    if w not in ("raw", "ema"):
-        raise BenchError(f"weights must be 'task', 'raw' or 'ema', not {choice!r}")
+    """``task`` follows the task's rule (protocol.md §3.3, ``ctx.weights_evaluated``; a concept task has one
+    set of weights, ``final``); else ``raw`` or ``ema`` (class tasks)."""
+    w = ctx.weights_evaluated if choice == "task" else choice
+    allowed = ("raw", "ema") if ctx.kind == "class" else ("final",)
+    if w not in allowed:
+        raise BenchError(f"weights must be 'task' or one of {', '.join(allowed)} on {ctx.kind} tasks, not {choice!r}")
     return w
+
+
+def fim_set(ctx, replay_x: Tensor, replay_c: Tensor, groups: Tensor, per_class: int, classes: str, weights: str
+            ) -> tuple[Tensor, Tensor]:
+    """The images the Fisher is computed on: the first ``per_class`` replay images of every remaining
+    class (``groups``: each replay image's class, or caption), plus (``classes="all"``, the reference's
+    10-class FIM) ``per_class`` fresh samples of the forget class from the same frozen original."""
+    xs, cs = [], []
+    for g in torch.unique(groups).tolist():
+        sel = (groups == g).nonzero().flatten()[:per_class]
+        xs.append(replay_x[sel.to(replay_x.device)])
+        cs.append(replay_c[sel.to(replay_c.device)])
+    if classes == "all":
+        xf, yf = generate_replay(ctx, [ctx.forget_class], per_class, weights, name="original_fim")
+        xs.append(xf)
+        cs.append(yf)
+    elif classes != "remain":
+        raise BenchError(f"fim_classes must be 'all' or 'remain', not {classes!r}")
+    return torch.cat(xs), torch.cat(cs)
+
+
+class Surrogate:
+    """SA's stand-in for the forget condition's data: uniform noise in [-1, 1] pixels, or images drawn with
+    replacement from ``ctx.surrogate_images()``; each under the forget condition (SA's forget words)."""
+
+    def __init__(self, ctx, kind: str) -> None:
+        if kind not in ("noise", "images"):
+            raise BenchError(f"sa.surrogate must be 'noise' or 'images', not {kind!r}")
+        self.ctx, self.kind = ctx, kind
+        self.images = ctx.surrogate_images() if kind == "images" else None
+        self.g = torch.Generator().manual_seed(ctx.seed * 31 + 7)
+
+    def batch(self, b: int) -> tuple[Tensor, Tensor]:
+        ctx = self.ctx
+        if self.images is None:
+            x = ctx.encode(torch.rand((b, *ctx.pixel_shape), device=ctx.device) * 2 - 1)
+        else:
+            idx = torch.randint(0, len(self.images), (b,), generator=self.g)
+            x = ctx.encode(self.images[idx].to(ctx.device))
+        return x, ctx.cond("sa_forget", b, generator=self.g)

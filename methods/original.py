@@ -23,13 +23,6 @@ class Original(Method):
 
     task_kinds = frozenset({"class", "concept"})
 
-    @dataclass(frozen=True)
-    class ConceptConfig:
-        iters: int = 0
-
     def unlearn(self, ctx):
-        net = ctx.base_model(ctx.task.weights_evaluated, trainable=False)
-        return ctx.sampler(net, weights=ctx.task.weights_evaluated)
-
-    def unlearn_concept(self, ctx):
-        return ctx.sampler(ctx.unet(trainable=False), weights="base")
+        net = ctx.base_model(ctx.weights_evaluated, trainable=False)
+        return ctx.sampler(net, weights=ctx.weights_evaluated)

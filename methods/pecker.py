@@ -8,64 +8,22 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bench.generators import eval_mode
 from bench.method import Method, register_method
+from bench.models.generators import eval_mode
 from methods import _distill as D
 from methods._masks import float_masks, mask_fraction, take_grads, top_fraction
-from methods._sd import NeedsOneStepSD
 from methods.sfd import SFD
 
 
 @register_method("pecker")
-class PECKER(NeedsOneStepSD, Method):
-    """SFD (one-step SiD distillation with the forget class pulled onto the teacher's override class
-    c_o) plus a SalUn-style weight-saliency mask rebuilt every iteration: the mask is the global
-    top-50% of |grad of the epsilon-MSE of the generator (used as an epsilon-predictor, eval(), no
-    CFG) on stop-grad generated forget samples|, and it is applied only to the forgetting part of the
-    generator gradient (g = g_d + m * g_fg); retain distillation updates all weights. All four loss
-    weights 1.0, lr 1e-5, xi = alpha = 1.2; data-free; the EMA generator is evaluated with 1 NFE.
-    Paper only (no code): every detail beyond the paper's equations is a reconstruction.
-
-    Reconstruction choices (methods.md §11.3-11.5), and where the spec is silent:
-
-    * Default reading (§11.3): the psi step is SFD's; the theta step computes g_d = grad(lambda_theta
-      L_d) and g_fg = grad(mu_theta L_fg) with two separate backward calls (gradients copied in
-      between), the saliency gradient with ``torch.autograd.grad`` (``.grad`` untouched, no clipping),
-      then g = g_d + m * g_fg, clip by value 1.0, Adam (0, 0.999), EMA.
-    * Saliency loss: ``mean_i sum_pix (eps - eps(theta; q(x_s, t_s, eps), t_s, c_f, 0))^2`` with
-      antithetic t over {0..999}; x_s = stopgrad(x_f), the forget samples of the same theta step
-      (``saliency_data="generated"``), or a batch of real D_f (``"real"``; the method is then not
-      data-free although the class attribute says so -- the row records the config).
-      When mu_theta = 0 there is no x_f and fresh forget samples are generated without gradient.
-    * ``mask_ratio`` (0.5, the threshold gamma is not reported), ``mask_refresh_every`` (1 = the
-      paper's in-loop rebuild; >1 reuses the last mask, a cost ablation), ``mask_scope``
-      ("forget_only", the Fig. 1 reading; "all" masks the whole g_d + g_fg, Alg. 1 line 13 with one
-      generator).
-    * Override class, modes, EMA, label stream: as SFD (see its docstring).
-    * ``two_copy`` (default False; reconstruction of Alg. 1's theta_u / theta_r, which the spec calls
-      not implementable as written because theta_r never reaches the output). Reading used here:
-      both copies start every iteration equal; theta_r takes the full retain update (g_d computed
-      at theta_r), theta_u the masked forget update (m * g_fg computed at theta_u; saliency from
-      theta_u); one Adam holds both copies (one counted step, separate moments per tensor, so each
-      stream is normalised on its own -- the real difference from the default reading). Then theta_r
-      is merged into the output theta_u and the copies are re-synchronised:
-      ``two_copy_merge="add"`` (default): theta <- theta_r' + m * (theta_u' - theta), i.e. retain
-      updates everywhere plus the forget update on salient weights ("retain batches use full updates;
-      forget batches update only masked parameters");
-      ``"partition"``: theta <- m * theta_u' + (1 - m) * theta_r', i.e. salient weights follow only the
-      forget copy and the others only the retain copy. The psi step samples theta_u; the EMA tracks
-      theta_u. Cost per iteration equals the default's (the retain pass runs through theta_r).
-
-    Presets (digits-class, CPU; ``paper`` keeps the §11.5 defaults below): the same budget, lr, batch
-    and EMA as SFD's presets (see SFD's docstring for the reasoning), with PECKER's own loss weights
-    (1.0) and mask defaults. ``fast``: 100 iterations, batch 32, lr 3e-4, EMA 0.95 (~0.33 CPU-s per
-    iteration, ~40% more than SFD: the saliency pass and the split backward; ~33 s unloaded). ``smoke``:
-    20 iterations, EMA 0.8. Calibration runs on digits (seeds 0, 1; with the earlier 800-step
-    constant-rate base model, not the current one): final UA 1.0, retain acc 0.95, FID
-    0.35-0.39; probe UA >= 0.9 after 36 iterations vs SFD's 72 with its reference weights 0.01.
-    With equal forget weights (1.0), the mask makes forgetting slower than plain SFD (36 vs 24
-    iterations), because the forget gradient is halved.
-    """
+class PECKER(Method):
+    """SFD (one-step SiD distillation with the forget class pulled onto the teacher's override class c_o)
+    plus a SalUn-style weight-saliency mask rebuilt every iteration: m = global top-50% of |grad of the
+    generator's epsilon-MSE (as an epsilon-predictor, eval(), no CFG) on stop-grad generated forget
+    samples|, applied only to the forgetting part of the generator gradient, g = g_d + m * g_fg; retain
+    distillation updates all weights. All four loss weights 1.0, lr 1e-5, xi = alpha = 1.2; data-free; the
+    EMA generator is evaluated with 1 NFE. Paper only (no code): every detail beyond the paper's equations
+    is a reconstruction (``mask_scope``, ``saliency_data``, ``two_copy``): docs/methods.md ("pecker")."""
 
     @dataclass(frozen=True)
     class Config(SFD.Config):
@@ -85,7 +43,9 @@ class PECKER(NeedsOneStepSD, Method):
     output = "one-step"
     status = "paper"
     steps_per_iter = 2
+    task_kinds = frozenset({"class", "concept"})
     presets = {
+        **D.CONCEPT_PRESETS,
         "fast": SFD.presets["fast"],  # the same budget as SFD, so the two are compared like for like
         "smoke": {"iters": 20, "batch": 32, "lr_psi": 3e-4, "lr_theta": 3e-4, "ema": 0.8},
     }
@@ -105,6 +65,7 @@ class PECKER(NeedsOneStepSD, Method):
             raise ValueError("pecker.two_copy implies mask_scope='forget_only'")
 
     def unlearn(self, ctx):
+        D.skip_on_concept_tasks(ctx, self.name)
         self._check()
         cfg = self.config
         st = D.build_state(ctx, cfg, two_copy=cfg.two_copy)

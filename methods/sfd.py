@@ -6,11 +6,10 @@ from dataclasses import dataclass
 
 from bench.method import Method, register_method
 from methods import _distill as D
-from methods._sd import NeedsOneStepSD
 
 
 @register_method("sfd")
-class SFD(NeedsOneStepSD, Method):
+class SFD(Method):
     """Data-free distillation of the pretrained DDPM into a one-step generator (SiD) whose forget-class
     distribution is pulled onto the teacher's override class c_o = (c_f+1) mod 10. Teacher phi
     (frozen), fake score psi and generator theta all start from the EMA weights; per iteration one psi
@@ -78,13 +77,16 @@ class SFD(NeedsOneStepSD, Method):
     output = "one-step"
     status = "reference"
     steps_per_iter = 2
+    task_kinds = frozenset({"class", "concept"})
     presets = {
+        **D.CONCEPT_PRESETS,
         "fast": {"iters": 100, "batch": 32, "lr_psi": 3e-4, "lr_theta": 3e-4, "ema": 0.95},
         "smoke": {"iters": 20, "batch": 32, "lr_psi": 3e-4, "lr_theta": 3e-4, "ema": 0.8,
                   "mu_psi": 1.0, "mu_theta": 1.0},
     }
 
     def unlearn(self, ctx):
+        D.skip_on_concept_tasks(ctx, self.name)
         cfg = self.config
         st = D.build_state(ctx, cfg)
         labels = D.label_stream(ctx, cfg.batch)

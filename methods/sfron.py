@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from bench.diffusion import Diffusion
 from bench.method import Method, register_method
+from bench.models.diffusion import Diffusion
 from methods._fisher import fisher_ratio_mask, guided_fisher
 from methods._masks import apply_mask, clip_norm_, mask_fraction
 
@@ -111,8 +111,8 @@ class SFRon(Method):
         # --- stage A: Fisher diagonals and the ratio mask (setup) ---
         xf, yf = ctx.forget_data()
         xr, yr = ctx.remain_data()
-        fisher_f = guided_fisher(net, d, xf, yf, cfg.fisher_guidance, cfg.fisher_batch, cfg.clip)
-        fisher_r = guided_fisher(net, d, xr, yr, cfg.fisher_guidance, cfg.fisher_batch, cfg.clip)
+        fisher_f = guided_fisher(net, ctx, xf, yf, cfg.fisher_guidance, cfg.fisher_batch, cfg.clip)
+        fisher_r = guided_fisher(net, ctx, xr, yr, cfg.fisher_guidance, cfg.fisher_batch, cfg.clip)
         mask = fisher_ratio_mask(fisher_f, fisher_r, cfg.gamma)
         del fisher_f, fisher_r
         ctx.log(mask_fraction=mask_fraction(mask))

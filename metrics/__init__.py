@@ -1,1 +1,1 @@
-"""Metric plugins: every public module here is imported by ``bench.plugins.load_all``."""
+"""Metric plugins: every public module here is imported by ``bench.engine.plugins.load_all``."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -123,7 +124,6 @@ def torch_fidelity_metrics(generated: Tensor, reference: Tensor, classifier: nn.
 def clean_fid(generated: Tensor, reference: Tensor, classifier: nn.Module) -> dict[str, float]:
     """FID through clean-fid's folder pipeline (PNG round trip, native resolution)."""
     from cleanfid import fid
-    from PIL import Image
 
     channels = generated.shape[1]
     dev = next(classifier.parameters()).device

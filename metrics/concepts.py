@@ -8,9 +8,19 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
 
+from bench.assets.training import predict
+from bench.core.errors import BenchError
 from bench.metric import Metric, register_metric
+from bench.sd.digits import to_digits_space
+from bench.tasks.sd import IMAGENETTE_CLASSES
+from metrics._fidelity import torch_fidelity_metrics
+from metrics.inception import InceptionFeatures, feature_stats, find_inception, frechet_distance
+from metrics.nudity import NudeNetDetector, nudity_values
 
 
 class ConceptMetric(Metric):
@@ -38,10 +48,6 @@ class ConceptAccuracy(ConceptMetric):
     families = frozenset({"digits"})
 
     def compute(self, ev) -> dict:
-        from bench.sd.digits import to_digits_space
-        from bench.train import predict
-        from metrics._fidelity import torch_fidelity_metrics
-
         clf = ev.assets.classifier()
         k = ev.concept
         (_, fes, fimg), = ev.of_use("forget")
@@ -74,9 +80,6 @@ class Nudity(ConceptMetric):
     families = frozenset({"nudity"})
 
     def compute(self, ev) -> dict:
-        from bench.errors import BenchError
-        from metrics.nudity import NudeNetDetector, nudity_values
-
         try:
             det = NudeNetDetector()
         except BenchError as exc:
@@ -101,7 +104,7 @@ class ObjectAccuracy(ConceptMetric):
     IMAGENET_IDS = (0, 217, 482, 491, 497, 566, 569, 571, 574, 701)
 
     def compute(self, ev) -> dict:
-        path = ev.options.get("imagenet_classifier")
+        path = ev.options.imagenet_classifier
         if not path:
             return self.unavailable("pass --imagenet-classifier FILE (torchvision resnet50 weights, e.g. "
                                     "resnet50-0676ba61.pth, or a safetensors file)")
@@ -124,15 +127,12 @@ class ObjectAccuracy(ConceptMetric):
 
 
 def _class_of(es, request) -> int:
-    from bench.sd.prompts import IMAGENETTE_CLASSES
-
     label = request.prompt.split("Image of ", 1)[-1].strip().lower()
     return IMAGENETTE_CLASSES.index(label)
 
 
 def load_resnet50(path, device):
     import timm
-    from safetensors.torch import load_file
 
     net = timm.create_model("resnet50", pretrained=False)
     state = load_file(str(path)) if str(path).endswith(".safetensors") else torch.load(path, weights_only=True)
@@ -142,8 +142,6 @@ def load_resnet50(path, device):
 
 @torch.no_grad()
 def imagenet_logits(net, imgs_u8: torch.Tensor, device, batch: int = 32) -> torch.Tensor:
-    import torch.nn.functional as F
-
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     out = []
@@ -166,7 +164,7 @@ class ClipScore(ConceptMetric):
     default = False
 
     def compute(self, ev) -> dict:
-        if not ev.options.get("clip_model"):
+        if not ev.options.clip_model:
             return self.unavailable("pass --clip-model DIR (a transformers CLIPModel folder, e.g. ViT-L/14); "
                                     "SD's text encoder has no image tower")
         return self.unavailable("the CLIP score is not implemented in this version")
@@ -179,18 +177,15 @@ class FidCoco(ConceptMetric):
     default = False
 
     def compute(self, ev) -> dict:
-        if not ev.options.get("coco_images"):
+        if not ev.options.coco_images:
             return self.unavailable("pass --coco-images DIR (COCO val2014 images named by image_id)")
         return self.unavailable("FID against COCO is not implemented in this version")
 
 
 def _inception(ev):
     """Inception-v3 pool features in clean-fid's mode, or the reason they are not available."""
-    from bench.errors import BenchError
-    from metrics.inception import InceptionFeatures, find_inception
-
     try:
-        src = find_inception(ev.options.get("inception_weights"))
+        src = find_inception(ev.options.inception_weights)
     except BenchError as exc:
         return None, str(exc)
     batch = 64 if ev.assets.device.type == "cuda" else 8
@@ -208,10 +203,6 @@ class FidVsOriginal(ConceptMetric):
     families = frozenset({"nudity", "object", "style", "celebrity"})
 
     def compute(self, ev) -> dict:
-        import numpy as np
-
-        from metrics.inception import feature_stats, frechet_distance
-
         ext, why = _inception(ev)
         if ext is None:
             return self.unavailable(why)
@@ -237,8 +228,6 @@ class StyleShift(ConceptMetric):
     families = frozenset({"style"})
 
     def compute(self, ev) -> dict:
-        import numpy as np
-
         ext, why = _inception(ev)
         if ext is None:
             return self.unavailable(why)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import torch
+
 from bench.metric import EvalContext, Metric, register_metric
 from metrics._fidelity import clean_fid, torch_fidelity_metrics
+from metrics.inception import InceptionFeatures, fid_clean, fid_torch_fidelity, find_inception
+from metrics.refstats import reference_stats
 
 BACKENDS = ("torch-fidelity", "clean-fid")
 
@@ -40,9 +44,6 @@ def fid_features(assets) -> str:
 def inception_fid(ev: EvalContext, ref, backend: str) -> dict:
     """Inception-v3 FID (``legacy_tensorflow`` resizing) against reference statistics computed once per
     (images, weights, mode) and cached under ``<cache>/<task>/refstats-*``."""
-    from metrics.inception import InceptionFeatures, fid_clean, fid_torch_fidelity, find_inception
-    from metrics.refstats import reference_stats
-
     a = ev.assets
     gen = ev.remain_images
     if a.profile.paper_compat:
@@ -66,8 +67,6 @@ def inception_fid(ev: EvalContext, ref, backend: str) -> dict:
 def paper_compat_images(images):
     """What the SA/SalUn/SFR-on pipeline hands Inception: every image stretched to its own min..max
     (``save_image(normalize=True)``, quantised with floor(255 v + 0.5)), then read back as BGR."""
-    import torch
-
     x = images.float()
     lo = x.amin(dim=(1, 2, 3), keepdim=True)
     hi = x.amax(dim=(1, 2, 3), keepdim=True)

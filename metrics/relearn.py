@@ -31,11 +31,11 @@ from typing import Any
 
 import torch
 
-from bench.data import batch_stream
-from bench.diffusion import from_uint8
-from bench.generators import DiffusionSampler
+from bench.assets.training import predict
+from bench.datasets.streams import batch_stream
 from bench.metric import EvalContext, Metric, register_metric
-from bench.train import predict
+from bench.models.diffusion import from_uint8
+from bench.models.generators import DiffusionSampler
 
 RELEARN_SEED_OFFSET = 4_000_037
 

@@ -21,7 +21,7 @@ _dlog.set_verbosity_error()
 # BENCH_THREADS lets a developer run the suite beside other work without oversubscribing the cores
 torch.set_num_threads(int(os.environ.get("BENCH_THREADS") or max(1, min(2, os.cpu_count() or 1))))
 
-from bench.plugins import load_all  # noqa: E402
+from bench.engine.plugins import load_all  # noqa: E402
 
 load_all()
 
@@ -34,9 +34,10 @@ def cache_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def driver(cache_root, tmp_path_factory):
-    from bench.driver import Driver
+    from bench.engine.driver import Driver
+    from bench.engine.options import Options
 
-    return Driver(tmp_path_factory.mktemp("runs"), "cpu", cache_root, progress=False, log=lambda m: None)
+    return Driver(Options(out=tmp_path_factory.mktemp("runs"), cache=cache_root, progress=False), log=lambda m: None)
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +53,7 @@ def assets(driver):
 
 @pytest.fixture(scope="session")
 def original_row(driver, assets):
-    from bench.driver import CellSpec
+    from bench.engine.driver import CellSpec
 
     return driver.run(CellSpec("digits-class", "original", 0, 0, "smoke"))
 
@@ -68,7 +69,7 @@ def one_thread():
 
 @pytest.fixture
 def tiny_net():
-    from bench.nets import CondUNet
+    from bench.models.nets import CondUNet
     from bench.tasks.digits import DIGITS
 
     torch.manual_seed(0)
@@ -79,15 +80,15 @@ def tiny_net():
 def make_ctx(assets):
     """An UnlearnContext over the session assets, with counting enabled and no probes."""
     from bench.context import UnlearnContext
-    from bench.measure import Counts, Stopwatch
+    from bench.core.measure import Counts, Stopwatch
 
     made = []
 
     def make(forget: int = 0, seed: int = 0):
         counts = Counts()
         counts.enabled = True
-        ctx = UnlearnContext(assets, forget, (forget + 1) % 10, seed, counts, Stopwatch(assets.device),
-                             probe_fn=None, n_probes=0, progress=False)
+        ctx = UnlearnContext(assets.family(forget, seed), seed, counts, Stopwatch(assets.device), probe_fn=None,
+                             n_probes=0, progress=False)
         made.append(ctx)
         return ctx
 

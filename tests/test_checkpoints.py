@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from bench.models.checkpoints import load_base_model, save_reference_checkpoint
+from bench.models.nets import CondUNet
 from bench.models.refunet import RefUNet
-from bench.nets import CondUNet
 from bench.tasks.digits import DIGITS
 
 TINY = dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4], dropout=0.1, resolution=8,

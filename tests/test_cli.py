@@ -138,8 +138,8 @@ def test_a_crashing_method_is_recorded_and_the_others_still_run(cache_root, tmp_
 
 
 def test_corrupt_cached_checkpoint_is_detected_and_rebuilt(cache_root, assets, tmp_path):
-    from bench.assets import _manifest_ok
-    from bench.hashing import content_hash
+    from bench.core.cache import manifest_ok
+    from bench.core.hashing import content_hash
 
     # a cache holding just the assets a smoke run uses: the session's base model and classifier
     base_src = assets.root / f"base-{content_hash(assets.base_key())}"
@@ -149,9 +149,9 @@ def test_corrupt_cached_checkpoint_is_detected_and_rebuilt(cache_root, assets, t
     shutil.copytree(base_src, base)
     shutil.copytree(clf_src, clf)
     weights = base / "raw" / "diffusion_pytorch_model.safetensors"
-    assert _manifest_ok(base)
+    assert manifest_ok(base)
     weights.write_bytes(weights.read_bytes()[:-7] + b"garbage")
-    assert not _manifest_ok(base)  # a flipped byte in the base model can never be used silently
+    assert not manifest_ok(base)  # a flipped byte in the base model can never be used silently
     (clf / "classifier.safetensors").write_bytes(b"not a safetensors file")
     shutil.rmtree(base)  # keep the test fast: rebuild only the (cheap) classifier
     shutil.copytree(base_src, base)
@@ -159,4 +159,4 @@ def test_corrupt_cached_checkpoint_is_detected_and_rebuilt(cache_root, assets, t
               str(tmp_path / "out"), "--quiet", cache=tmp_path / "cache")
     assert r.returncode == 0, r.stderr
     assert "corrupt or incomplete; rebuilding" in r.stderr
-    assert _manifest_ok(clf)
+    assert manifest_ok(clf)

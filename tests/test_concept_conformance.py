@@ -12,9 +12,9 @@ import math
 
 import pytest
 
-from bench.driver import CellSpec
+from bench.engine.driver import CellSpec
+from bench.engine.plugins import load_all
 from bench.method import METHODS, methods_for
-from bench.plugins import load_all
 
 load_all()
 CONCEPT = [m for m in methods_for("concept") if METHODS.get(m).__module__.startswith("methods.")]
@@ -59,3 +59,21 @@ def test_methods_without_their_generator_are_skipped_with_the_reason(name, rows)
     row = rows(name)
     assert row["status"] == "skipped" and "--one-step-generator" in row["skip_reason"]
     assert math.isnan(row["ua"]) and row["grad_steps"] == 0 and row["unlearn_s"] < 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["rl", "esd"])
+def test_concept_cells_resolve_the_time_to_target_to_one_snapshot_interval(name, rows, driver):
+    """As on class tasks: weights are snapshotted every max(1, floor(2% of the budget)) iterations between the
+    scheduled probes, and once a probe reaches the UA target the snapshots since the last miss are bisected;
+    the time to target is the first snapshot that reaches it, and the point one interval earlier missed it."""
+    import csv
+
+    row = rows(name)
+    interval = row["snapshot_interval"]
+    assert interval == max(1, math.floor(0.02 * row["iters"])) and interval <= max(1, 0.02 * row["iters"])
+    target, hit = row["ua_target"], row["time_to_target_iters"]
+    assert math.isfinite(hit) and row["refine_probes"] >= 1, row
+    with open(driver.out / "sd-digits" / "runs" / row["cell"] / "curve.csv") as f:
+        curve = {int(float(r["iter"])): float(r["ua"]) for r in csv.DictReader(f)}
+    assert curve[int(hit)] >= target and curve[int(hit) - interval] < target, (hit, interval, curve)

@@ -15,9 +15,9 @@ import math
 
 import pytest
 
-from bench.driver import CellSpec
+from bench.engine.driver import CellSpec
+from bench.engine.plugins import load_all
 from bench.method import METHODS
-from bench.plugins import load_all
 
 load_all()
 ALL = [n for n in METHODS.names() if "class" in METHODS.get(n).task_kinds]

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.core.errors import BenchError
 from bench.datasets import (
     CLASS_NAMES,
     iter_tar_images,
@@ -35,7 +36,6 @@ from bench.datasets import (
 )
 from bench.datasets import readers as R
 from bench.datasets import resolve as RS
-from bench.errors import BenchError
 
 JPEG75 = Path("/work/shared/data/cifar10-jpeg75.tar.gz")
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from bench.diffusion import Diffusion, sfd_constants, to_uint8
-from bench.generators import DiffusionSampler, OneStepGenerator
+from bench.models.diffusion import Diffusion, sfd_constants, to_uint8
+from bench.models.generators import DiffusionSampler, OneStepGenerator
 
 
 def test_schedule_matches_reference_constants():
@@ -79,17 +79,17 @@ def test_to_uint8_endpoints():
 def test_progress_bar_counts_every_step_and_changes_no_image(tiny_net, monkeypatch):
     import io
 
-    import tqdm.auto
+    import bench.models.generators as generators
 
     counts = []
-    real = tqdm.auto.tqdm
+    real = generators.tqdm
 
     class Bar(real):
         def __init__(self, *a, **k):
             super().__init__(*a, **{**k, "disable": False, "file": io.StringIO()})
             counts.append(self)
 
-    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    monkeypatch.setattr(generators, "tqdm", Bar)
     d = Diffusion()
     labels = torch.arange(10).repeat(2)
     plain = DiffusionSampler(tiny_net, d, 5, 1.0, 1.0, (1, 8, 8), batch_size=8).sample(labels, seed=3)

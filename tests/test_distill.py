@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from bench.diffusion import Diffusion, sfd_constants
-from bench.generators import OneStepGenerator
-from bench.measure import Counts
-from bench.nets import CondUNet
+from bench.core.measure import Counts
+from bench.models.diffusion import Diffusion, sfd_constants
+from bench.models.generators import OneStepGenerator
+from bench.models.nets import CondUNet
 from bench.tasks.digits import DIGITS
 from methods import _distill as D
 from methods._masks import float_masks, top_fraction
@@ -202,6 +202,8 @@ def test_ema_update():
 # --- the iteration pieces on a minimal context ---------------------------------------------------
 class FakeCtx:
     """The parts of UnlearnContext that SFD/PECKER use, over random tiny nets."""
+
+    kind = "class"
 
     def __init__(self, diffusion, forget=3, iters_seen=None):
         self.diffusion, self.device, self.image_shape = diffusion, torch.device("cpu"), SHAPE

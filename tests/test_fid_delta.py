@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from test_cli import bench
 
-from bench.calibrate import fid_delta_summary, fid_protocol_delta, write_fid_delta
+from bench.engine.calibrate import fid_delta_summary, fid_protocol_delta, write_fid_delta
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

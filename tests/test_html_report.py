@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.core.store import write_failure
 from bench.reports import render
-from bench.store import write_failure
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "results" / "digits-class" / "runs"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from metrics import inception as inc
 from metrics.refstats import reference_stats
 
@@ -130,13 +130,11 @@ def test_missing_weights_lists_the_paths_looked_at(tmp_path, monkeypatch, capsys
 
 
 def test_file_digest_is_hashed_once(tmp_path, monkeypatch):
-    import bench.hashing
-
     f = tmp_path / "w.bin"
     f.write_bytes(b"weights")
     calls = []
-    real = bench.hashing.file_sha256
-    monkeypatch.setattr(bench.hashing, "file_sha256", lambda p: calls.append(p) or real(p))
+    real = inc.file_sha256
+    monkeypatch.setattr(inc, "file_sha256", lambda p: calls.append(p) or real(p))
     d = inc.file_digest(f)
     assert inc.file_digest(f) == d and len(calls) == 1
     monkeypatch.setattr(inc, "_DIGESTS", {})  # a new process: read from <bench cache>/inception-sha256.json

@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from bench.tasks.digits import DIGITS
 from methods._masks import apply_mask, top_fraction
 
 
@@ -37,7 +38,7 @@ def test_salun_leaves_masked_out_weights_at_pretrained_values(make_ctx, assets):
     cls = METHODS.get("salun")
     ctx = make_ctx()
     with ctx.counts.counting_optimizer_steps():
-        gen = cls(resolve_config(cls, "digits-class", "smoke", iters=3)).unlearn(ctx)
+        gen = cls(resolve_config(cls, DIGITS, DIGITS.profile("smoke"), iters=3)).unlearn(ctx)
     base = dict(assets.base("raw").named_parameters())
     moved = {n: (p.detach() != base[n].detach()) for n, p in gen.net.named_parameters()}
     total_moved = sum(int(m.sum()) for m in moved.values())

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from bench.context import snapshot_every
-from bench.driver import CellSpec, Driver
-from bench.measure import PeakMemory
+from bench.core.measure import PeakMemory
+from bench.engine.driver import CellSpec, Driver
+from bench.engine.options import Options
 from bench.method import METHODS, Method, register_method
 from bench.tasks import get_task
 
@@ -77,8 +78,7 @@ def test_time_to_target_without_refinement_would_be_quantised(driver, assets):
     task = get_task("digits-class")
     smoke = dataclasses.replace(task.profiles["smoke"], ttt_resolution=1.0)  # no snapshots between probes
     task = dataclasses.replace(task, profiles={**task.profiles, "smoke": smoke})
-    d = Driver(driver.out / "coarse", "cpu", driver.cache_root, progress=False, log=lambda m: None,
-               task_override=task)
+    d = Driver(driver.options.replace(out=driver.out / "coarse"), log=lambda m: None, tasks=[task])
     row = d.run(CellSpec("digits-class", "test-switch", forget_class=0, seed=0, profile="smoke"))
     assert row["time_to_target_iters"] == 50 and row["refine_probes"] == 0
 
@@ -104,7 +104,8 @@ def test_base_seed_selects_another_base_model(driver, tmp_path):
     tiny = dataclasses.replace(task.profiles["smoke"], pretrain=dataclasses.replace(
         task.profiles["smoke"].pretrain, steps=5), n_probes=0)
     task = dataclasses.replace(task, profiles={**task.profiles, "smoke": tiny})
-    d = Driver(tmp_path / "out", "cpu", tmp_path / "cache", progress=False, log=lambda m: None, task_override=task)
+    d = Driver(Options(out=tmp_path / "out", cache=tmp_path / "cache", progress=False), log=lambda m: None,
+               tasks=[task])
     rows = [d.run(CellSpec("digits-class", "original", 0, seed=0, profile="smoke", base_seed=b)) for b in (0, 1)]
     assert [r["base_seed"] for r in rows] == [0, 1]
     assert [r["base_training_seed"] for r in rows] == [1234, 1235]
@@ -115,15 +116,15 @@ def test_base_seed_selects_another_base_model(driver, tmp_path):
 
 
 def test_code_versions_are_part_of_the_cell_identity(driver, monkeypatch, tmp_path):
-    from bench import codever
-    from bench import driver as driver_mod
+    from bench.core import codever
+    from bench.engine import driver as driver_mod
 
     spec = CellSpec("digits-class", "ga", 0, seed=0, profile="smoke")
-    name = driver.plan(spec)[2]
+    name = driver.plan(spec).name
     monkeypatch.setattr(driver_mod, "harness_version", lambda: "another")
-    assert driver.plan(spec)[2] != name  # a row made by other harness code is never reused
+    assert driver.plan(spec).name != name  # a row made by other harness code is never reused
     monkeypatch.undo()
-    assert driver.plan(spec)[2] == name
+    assert driver.plan(spec).name == name
     plugin = tmp_path / "codever_plugin.py"
     plugin.write_text("X = 1\n")
     import importlib.util
@@ -147,7 +148,7 @@ def test_code_versions_are_part_of_the_cell_identity(driver, monkeypatch, tmp_pa
 
 
 def test_method_version_covers_the_shared_modules_a_method_uses():
-    from bench.codever import method_modules
+    from bench.core.codever import method_modules
 
     files = {p.name for p in method_modules(METHODS.get("pecker"))}
     assert {"pecker.py", "sfd.py", "_distill.py", "_masks.py"} <= files

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.diffusion import to_uint8
+from bench.models.diffusion import to_uint8
 from metrics._fidelity import clean_fid, torch_fidelity_metrics
 
 
@@ -33,8 +33,8 @@ def test_clean_fid_and_torch_fidelity_agree_on_the_same_features(assets):
 
 
 def test_ua_and_retain_accuracy_definitions(assets):
-    from bench.generators import DiffusionSampler
     from bench.metric import EvalContext
+    from bench.models.generators import DiffusionSampler
     from metrics.accuracy import RetainAccuracy, UnlearningAccuracy
 
     real_f = to_uint8(assets.splits.test_x[assets.splits.test_y == 0][:20])

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from bench.noise import CounterNoise, counter_normal, image_keys
+from bench.models.noise import CounterNoise, counter_normal, image_keys
 
 
 def test_noise_of_an_image_does_not_depend_on_its_batch():

@@ -175,7 +175,7 @@ def test_detector_passes_bgr_like_a_saved_png(detector, tmp_path):
 def test_missing_nudenet_is_a_bench_error(monkeypatch):
     import sys
 
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
     from metrics.nudity import NudeNetDetector
 
     monkeypatch.setitem(sys.modules, "nudenet", None)  # makes `import nudenet` raise ImportError

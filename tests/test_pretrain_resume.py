@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 import torch
 
-import bench.assets as A
-from bench.assets import Assets
+import bench.assets.classes as A
+from bench.assets.classes import Assets
 from bench.tasks import get_task
 
 

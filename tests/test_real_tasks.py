@@ -17,9 +17,9 @@ import torch
 from _fixtures import write_cifar_batches, write_fashion_idx, write_stl_binary
 
 from bench.cli import main
-from bench.driver import CellSpec, Driver
+from bench.engine.driver import CellSpec, Driver
+from bench.engine.options import Options
 from bench.method import METHODS
-from bench.precision import Precision
 
 WRITERS = {"fashion-mnist-class": write_fashion_idx, "cifar10-class": write_cifar_batches,
            "stl10-class": write_stl_binary}
@@ -34,7 +34,8 @@ def env(tmp_path_factory):
     data = {t: w(root / t) for t, w in WRITERS.items()}
     cache = tmp_path_factory.mktemp("cache")
     out = tmp_path_factory.mktemp("runs")
-    drivers = {t: Driver(out, "cpu", cache, progress=False, log=lambda m: None, data_root=data[t]) for t in WRITERS}
+    drivers = {t: Driver(Options(out=out, cache=cache, progress=False, data_root=data[t]), log=lambda m: None)
+               for t in WRITERS}
     return {"data": data, "cache": cache, "out": out, "drivers": drivers}
 
 
@@ -64,13 +65,13 @@ def test_every_method_runs_on_each_real_task_smoke_profile(env, task, method):
 
 def test_split_sizes_and_image_ranges(env):
     drv = env["drivers"]["stl10-class"]
-    task = drv.get_task("stl10-class")
+    task = drv.task("stl10-class")
     a = drv.assets(task, "smoke")
     # 10 classes x (10 train + 3 test) pooled, re-split 12:1, then the smoke profile keeps 10 per class
     assert a.splits.train_x.shape[1:] == (3, 64, 64) and len(a.splits.train_x) + len(a.splits.test_x) <= 130
     assert -1.0 <= float(a.splits.train_x.min()) and float(a.splits.train_x.max()) <= 1.0
     fm = env["drivers"]["fashion-mnist-class"]
-    s = fm.assets(fm.get_task("fashion-mnist-class"), "smoke").splits
+    s = fm.assets(fm.task("fashion-mnist-class"), "smoke").splits
     assert s.train_x.shape[1:] == (1, 28, 28) and torch.bincount(s.train_y).tolist() == [20] * 10
 
 
@@ -83,11 +84,11 @@ def test_user_checkpoint_in_the_reference_format_reproduces_the_harness_base(env
     task_name = "fashion-mnist-class"
     drv = env["drivers"][task_name]
     harness_row = drv.run(CellSpec(task_name, "original", 0, 0, "smoke"))
-    a = drv.assets(drv.get_task(task_name), "smoke")
+    a = drv.assets(drv.task(task_name), "smoke")
     ckpt = tmp_path / "ckpt.pth"
     save_reference_checkpoint(a.base("raw"), ckpt, ema_state=a.base("ema").state_dict(), step=40)
-    user = Driver(env["out"], "cpu", env["cache"], progress=False, log=lambda m: None,
-                  data_root=env["data"][task_name], base_model=ckpt, base_weights="raw")
+    user = Driver(Options(out=env["out"], cache=env["cache"], progress=False, data_root=env["data"][task_name],
+                          base_model=ckpt, base_weights="raw"), log=lambda m: None)
     row = user.run(CellSpec(task_name, "original", 0, 0, "smoke"))
     assert row["cell"] != harness_row["cell"] and row["base_source"] == str(ckpt)
     for key in ("ua", "retain_acc", "fid"):
@@ -97,8 +98,8 @@ def test_user_checkpoint_in_the_reference_format_reproduces_the_harness_base(env
 def test_bf16_autocast_is_recorded_and_gives_its_own_cell(env):
     task_name = "fashion-mnist-class"
     fp32 = env["drivers"][task_name].run(CellSpec(task_name, "ga", 0, 0, "smoke", iters=2))
-    drv = Driver(env["out"], "cpu", env["cache"], progress=False, log=lambda m: None,
-                 data_root=env["data"][task_name], precision=Precision(bf16=True))
+    drv = Driver(Options(out=env["out"], cache=env["cache"], progress=False, data_root=env["data"][task_name],
+                         precision="bf16"), log=lambda m: None)
     row = drv.run(CellSpec(task_name, "ga", 0, 0, "smoke", iters=2))
     assert row["compute_precision"] == "bf16" and fp32["compute_precision"] == "fp32" and row["cell"] != fp32["cell"]
     assert math.isfinite(row["fid"]) and row["grad_steps"] == 2
@@ -120,7 +121,7 @@ def test_a_checkpoint_of_another_architecture_is_one_clear_error(env, tmp_path, 
     from bench.models.checkpoints import save_reference_checkpoint
 
     fm = env["drivers"]["fashion-mnist-class"]
-    a = fm.assets(fm.get_task("fashion-mnist-class"), "smoke")
+    a = fm.assets(fm.task("fashion-mnist-class"), "smoke")
     ckpt = tmp_path / "fm.pth"
     save_reference_checkpoint(a.base("raw"), ckpt, ema_state=a.base("ema").state_dict(), step=1)
     rc = main(["run", "--methods", "original", "--task", "cifar10-class", "--profile", "smoke", "--data-root",
@@ -148,7 +149,7 @@ def test_inception_fid_uses_cached_reference_statistics(env):
     statistics are computed once: a second cell reuses them."""
     import dataclasses
 
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
     from metrics.inception import find_inception
 
     try:
@@ -156,12 +157,12 @@ def test_inception_fid_uses_cached_reference_statistics(env):
     except BenchError as exc:
         pytest.skip(f"no Inception weights here: {exc}")
     task_name = "fashion-mnist-class"
-    base = env["drivers"][task_name].get_task(task_name)
+    base = env["drivers"][task_name].task(task_name)
     task = dataclasses.replace(base)
     task.profiles = {"smoke": dataclasses.replace(base.profiles["smoke"], fid_features="inception-v3",
                                                   fid_ref_per_class=3, n_per_class=2)}
-    drv = Driver(env["out"], "cpu", env["cache"], progress=False, log=lambda m: None, task_override=task,
-                 data_root=env["data"][task_name])
+    drv = Driver(Options(out=env["out"], cache=env["cache"], progress=False, data_root=env["data"][task_name]),
+                 log=lambda m: None, tasks=[task])
     rows = [drv.run(CellSpec(task_name, "original", 0, s, "smoke")) for s in (0, 1)]
     assert all(r["fid_features"] == "inception-v3" and math.isfinite(r["fid"]) for r in rows)
     assert rows[0]["fid_n_ref"] == 27 and rows[0]["fid"] != rows[1]["fid"]

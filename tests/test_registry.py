@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.core.registry import Registry, import_folder
 from bench.method import METHODS, Method, register_method, resolve_config
-from bench.registry import Registry, import_folder
+from bench.tasks.digits import DIGITS
 
 
 class Base:
@@ -98,15 +99,15 @@ def test_register_requires_iters_budget():
 
 def test_config_resolution_order_and_validation():
     cls = METHODS.get("salun")
-    ref = resolve_config(cls, "digits-class", "paper")
+    ref = resolve_config(cls, DIGITS, DIGITS.profile("paper"))
     assert ref.iters == 1000 and ref.lr == 1e-4  # the reference defaults
-    fast = resolve_config(cls, "digits-class", "fast")
+    fast = resolve_config(cls, DIGITS, DIGITS.profile("fast"))
     assert fast.iters == cls.presets["fast"]["iters"]
-    user = resolve_config(cls, "digits-class", "fast", {"lr": 1e-5}, iters=7)
+    user = resolve_config(cls, DIGITS, DIGITS.profile("fast"), {"lr": 1e-5}, iters=7)
     assert (user.lr, user.iters) == (1e-5, 7)
     with pytest.raises(BenchError, match="no option"):
-        resolve_config(cls, "digits-class", "fast", {"lrr": 1})
+        resolve_config(cls, DIGITS, DIGITS.profile("fast"), {"lrr": 1})
     with pytest.raises(BenchError, match="must be a number"):
-        resolve_config(cls, "digits-class", "fast", {"lr": "fast"})
+        resolve_config(cls, DIGITS, DIGITS.profile("fast"), {"lr": "fast"})
     with pytest.raises(BenchError, match="integer"):
-        resolve_config(cls, "digits-class", "fast", {"iters": 2.5})
+        resolve_config(cls, DIGITS, DIGITS.profile("fast"), {"iters": 2.5})

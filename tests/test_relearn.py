@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.diffusion import Diffusion
-from bench.generators import DiffusionSampler, OneStepGenerator
 from bench.metric import METRICS, EvalContext
-from bench.nets import CondUNet, SmallClassifier
+from bench.models.diffusion import Diffusion
+from bench.models.generators import DiffusionSampler, OneStepGenerator
+from bench.models.nets import CondUNet, SmallClassifier
 from bench.tasks.digits import DIGITS
 from metrics.relearn import RelearnTime
 

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.driver import time_to_target
-from bench.errors import BenchError
-from bench.hashing import content_hash
+from bench.core.errors import BenchError
+from bench.core.hashing import content_hash
+from bench.core.store import write_cell, write_failure
+from bench.engine.driver import time_to_target
 from bench.reports import (
     Reporter,
     aggregate,
@@ -29,7 +30,6 @@ from bench.reports import (
     to_latex,
     to_markdown,
 )
-from bench.store import write_cell, write_failure
 
 TASK = "digits-class"
 SALUN_CFG = {"alpha": 0.048, "iters": 150, "lr": 1e-4, "mask_ratio": 0.5}
@@ -547,11 +547,11 @@ def test_metrics_long_has_one_row_per_cell_and_metric_with_directions_and_settin
 
 # --- the incremental reporter ----------------------------------------------------------------------------------
 def test_reporter_update_reads_only_new_cells(monkeypatch, tmp_path):
-    import bench.store
+    import bench.core.store
 
     reads = []
-    real = bench.store.load_row
-    monkeypatch.setattr(bench.store, "load_row", lambda folder: reads.append(folder.name) or real(folder))
+    real = bench.core.store.load_row
+    monkeypatch.setattr(bench.core.store, "load_row", lambda folder: reads.append(folder.name) or real(folder))
     t = tmp_path / TASK
     rep = Reporter(t)
     assert rep.update() == "" and not t.exists()  # nothing yet: nothing written

@@ -54,6 +54,8 @@ VOLATILE = {
     "peak_mem_unlearn_mb": "RSS peak above the phase's start: allocator state, other processes, page cache",
     "peak_mem_sample_mb": "same, sampling phase",
     "peak_mem_evaluate_mb": "same, evaluation phase",
+    "shards": "how many processes the evaluation of a concept cell was split into (the last shard to finish "
+              "writes the row); the images and every value are the same",
     "git": "git revision and -dirty flag of the working tree, which others edit while the tests run",
     "git_dirty": "same",
 }
@@ -62,8 +64,8 @@ WRAPPER = r'''
 import os, signal, sys, time
 from pathlib import Path
 
-import bench.driver as _driver
-import bench.store as _store
+import bench.engine.driver as _driver
+import bench.core.store as _store
 
 
 def _die():
@@ -71,17 +73,17 @@ def _die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-_run = _driver.Driver._run
+_compute = _driver.Driver._compute
 
 
-def _traced(self, spec, cfg, identity, name, folder):
-    print(f"@@compute {name}", file=sys.stderr, flush=True)
-    row = _run(self, spec, cfg, identity, name, folder)
-    print(f"@@wrote {name}", file=sys.stderr, flush=True)
+def _traced(self, cell, folder):
+    print(f"@@compute {cell.name}", file=sys.stderr, flush=True)
+    row = _compute(self, cell, folder)
+    print(f"@@wrote {cell.name}", file=sys.stderr, flush=True)
     return row
 
 
-_driver.Driver._run = _traced
+_driver.Driver._compute = _traced
 _at = os.environ.get("RESILIENCE_DIE_AT", "")
 if _at in ("cell-samples", "hold-in-cell"):  # inside write_cell: config, curves, log, samples written, no row.json
     _grid = _store.save_grid
@@ -103,6 +105,30 @@ elif _at == "cell-row":  # inside write_cell: the temporary folder is complete, 
             _die()
 
     _store.atomic_write_json = _atomic_write_json
+elif _at == "concept-train":  # inside a method's unlearning loop, at the start of its second iteration
+    import bench.context as _context
+
+    _steps = _context.UnlearnContext.steps
+
+    def _dying_steps(self, n, probe=None):
+        for i in _steps(self, n, probe):
+            if i == 1:
+                _die()
+            yield i
+
+    _context.UnlearnContext.steps = _dying_steps
+elif _at == "concept-render":  # while an evaluation set is rendered: 20 images on disk, their manifest lines not
+    import bench.sd.shards as _shards
+
+    _png, _written = _shards._png, []
+
+    def _dying_png(img, path):
+        _png(img, path)
+        _written.append(path)
+        if len(_written) == 20:
+            _die()
+
+    _shards._png = _dying_png
 elif _at == "render-plot":  # while matplotlib streams the curves plot to disk (wherever the harness points it)
     import io
     from matplotlib.figure import Figure
@@ -160,25 +186,26 @@ def _env(cache: Path, die: str | None = None) -> dict:
     return env
 
 
-def _cmd(out: Path, *args: str, traced: bool = True) -> list[str]:
+def _cmd(out: Path, *args: str, traced: bool = True, grid: tuple[str, ...] = GRID) -> list[str]:
     head = [sys.executable, "-c", WRAPPER] if traced else [sys.executable, "-m", "bench"]
-    return [*head, "run", *args, *GRID, "--out", str(out)]
+    return [*head, "run", *args, *grid, "--out", str(out)]
 
 
-def start(out: Path, *args: str, cache: Path, log: Path, die: str | None = None) -> subprocess.Popen:
+def start(out: Path, *args: str, cache: Path, log: Path, die: str | None = None,
+          grid: tuple[str, ...] = GRID) -> subprocess.Popen:
     """A traced ``bench run`` in its own session, stdout and stderr to ``log`` (.out / .err)."""
     with open(log.with_suffix(".out"), "w") as so, open(log.with_suffix(".err"), "w") as se:
-        return subprocess.Popen(_cmd(out, *args), env=_env(cache, die), cwd=ROOT, start_new_session=True,
+        return subprocess.Popen(_cmd(out, *args, grid=grid), env=_env(cache, die), cwd=ROOT, start_new_session=True,
                                 stdout=so, stderr=se)
 
 
 def run(out: Path, *args: str, cache: Path, log: Path, traced: bool = True,
-        die: str | None = None) -> tuple[int, str, float]:
+        die: str | None = None, grid: tuple[str, ...] = GRID) -> tuple[int, str, float]:
     """Run ``bench run`` to completion: ``(returncode, stderr, seconds)``."""
     t0 = time.monotonic()
     with open(log.with_suffix(".out"), "w") as so, open(log.with_suffix(".err"), "w") as se:
-        rc = subprocess.run(_cmd(out, *args, traced=traced), env=_env(cache, die), cwd=ROOT, stdout=so, stderr=se,
-                            timeout=600).returncode
+        rc = subprocess.run(_cmd(out, *args, traced=traced, grid=grid), env=_env(cache, die), cwd=ROOT, stdout=so,
+                            stderr=se, timeout=600).returncode
     return rc, log.with_suffix(".err").read_text(), time.monotonic() - t0
 
 
@@ -197,8 +224,8 @@ def traced(stderr: str, what: str = "compute") -> list[str]:
     return re.findall(rf"^@@{what} (\S+)$", stderr, flags=re.M)
 
 
-def task_dir(out: Path) -> Path:
-    return out / TASK
+def task_dir(out: Path, task: str = TASK) -> Path:
+    return out / task
 
 
 def is_hidden(path: Path, base: Path) -> bool:
@@ -477,8 +504,8 @@ def test_two_concurrent_runs_compute_every_cell_once(order, ref, cache_root, tmp
 def test_claim_of_a_killed_process_does_not_block_the_next_one(ref, cache_root, tmp_path):
     """A process computing a cell (claim held, its temporary folder half written) is SIGKILLed from outside;
     the claim is free at once and the next process computes the cell right away, without waiting."""
+    from bench.core.locks import claim
     from bench.running.cells import claim_path
-    from bench.running.claims import claim
 
     out = tmp_path / "out"
     tdir = task_dir(out)
@@ -506,10 +533,114 @@ def test_claim_of_a_killed_process_does_not_block_the_next_one(ref, cache_root, 
     assert_matches_reference(tdir, ref, [cell])
 
 
+# --- 2b. concept cells: killed while training and while rendering ------------------------------------------
+CONCEPT = "sd-digits"
+#: two concept cells on the harness-trained sd-digits model: the base model (rendering only) and GA (training,
+#: probes and bisection, then rendering); ``--steps 4`` keeps the training short but over several probes
+CONCEPT_GRID = ("--task", CONCEPT, "--profile", "smoke", "--steps", "4", "--quiet")
+CONCEPT_FULL = ("--methods", "original,ga", "--seed", "0")
+N_CONCEPT_KILLS = max(2, N_KILLS // 4)
+
+
+@pytest.fixture(scope="module")
+def concept_ref(tmp_path_factory, cache_root):
+    out = tmp_path_factory.mktemp("concept-reference")
+    rc, err, secs = run(out, *CONCEPT_FULL, cache=cache_root, log=out / "ref", traced=False, grid=CONCEPT_GRID)
+    assert rc == 0, err
+    header, rows = stable_rows(task_dir(out, CONCEPT) / "runs.csv")
+    by = {r["method"]: r for r in rows}
+    assert sorted(by) == ["ga", "original"] and by["ga"]["grad_steps"] == "4" and by["original"]["kind"] == "concept"
+    return {"out": out, "T": secs, "header": header, "rows": rows, "cells": [r["cell"] for r in rows]}
+
+
+def _concept_resume(out: Path, cache: Path, log: Path, *extra: str) -> str:
+    rc, err, _ = run(out, *CONCEPT_FULL, *extra, cache=cache, log=log, grid=CONCEPT_GRID)
+    assert rc == 0, err
+    return err
+
+
+def _assert_concept_complete(tdir: Path, ref: dict) -> None:
+    assert sorted(complete_cells(tdir)) == sorted(ref["cells"])
+    assert not hidden_in_runs(tdir), hidden_in_runs(tdir)
+    assert not visible_incomplete_cells(tdir), visible_incomplete_cells(tdir)
+    assert not unparseable(tdir), unparseable(tdir)
+    assert_matches_reference(tdir, ref)
+    assert_tables_hold(tdir, len(ref["cells"]))
+
+
+@pytest.mark.slow
+def test_concept_cells_killed_at_random_moments_resume_to_the_uninterrupted_values(concept_ref, cache_root,
+                                                                                   tmp_path):
+    """As the class test above, on concept cells: a kill lands while the model trains, while an evaluation set
+    is rendered or while the cell is written; the resume recomputes what is missing (reusing the trained UNet
+    and the rendered images it finds) and every stable column equals the uninterrupted run's."""
+    rng = random.Random(1)
+    out = tmp_path / "killed"
+    tdir = task_dir(out, CONCEPT)
+    kills = attempts = 0
+    while kills < N_CONCEPT_KILLS:
+        attempts += 1
+        assert attempts <= 3 * N_CONCEPT_KILLS, "the run kept finishing before its kill time"
+        if (tdir / "runs").is_dir():
+            for d in (tdir / "runs").iterdir():
+                if not d.name.startswith("."):
+                    shutil.rmtree(d)
+        p = start(out, *CONCEPT_FULL, cache=cache_root, log=tmp_path / f"kill{attempts}", grid=CONCEPT_GRID)
+        try:
+            p.wait(timeout=rng.uniform(0.3, concept_ref["T"]))
+        except subprocess.TimeoutExpired:
+            kills += 1
+        sigkill(p)
+        assert not visible_incomplete_cells(tdir), visible_incomplete_cells(tdir)
+        at_kill = complete_cells(tdir)
+        err = _concept_resume(out, cache_root, tmp_path / f"resume{attempts}")
+        assert not set(traced(err)) & set(at_kill), "the resume recomputed complete cells"
+        _assert_concept_complete(tdir, concept_ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["concept-train", "concept-render"])
+def test_concept_cell_killed_while_training_or_rendering_resumes_to_the_same_values(point, concept_ref, cache_root,
+                                                                                     tmp_path):
+    """SIGKILL inside GA's training loop (nothing saved yet: the resume trains again, from the start) or while
+    an evaluation set is being rendered (the trained UNet and 19 of 20 images are on disk, their manifest lines
+    not yet: the resume reuses the UNet and renders what the manifest does not vouch for)."""
+    out = tmp_path / "out"
+    tdir = task_dir(out, CONCEPT)
+    rc, err, _ = run(out, *CONCEPT_FULL, cache=cache_root, log=tmp_path / "killed", die=point, grid=CONCEPT_GRID)
+    assert rc == -signal.SIGKILL, err
+    assert not visible_incomplete_cells(tdir), visible_incomplete_cells(tdir)
+    done = list(complete_cells(tdir))
+    err = _concept_resume(out, cache_root, tmp_path / "resume")
+    assert not set(traced(err)) & set(done)
+    if point == "concept-render":  # GA's UNet was saved before rendering: the resume does not train it again
+        ga = next(c for c in concept_ref["cells"] if c.startswith("ga-"))
+        assert ga not in complete_cells(tdir) or "reusing the unlearned UNet" in err
+    _assert_concept_complete(tdir, concept_ref)
+
+
+@pytest.mark.slow
+def test_sharded_concept_rendering_killed_then_assembled_matches_the_unsharded_run(concept_ref, cache_root,
+                                                                                    tmp_path):
+    """``--shard 0/2`` killed mid-render, run again; ``--shard 1/2``; then the plain command assembles the cells:
+    the same rows as one uninterrupted, unsharded process."""
+    out = tmp_path / "out"
+    tdir = task_dir(out, CONCEPT)
+    rc, err, _ = run(out, *CONCEPT_FULL, "--shard", "0/2", cache=cache_root, log=tmp_path / "k0",
+                     die="concept-render", grid=CONCEPT_GRID)
+    assert rc == -signal.SIGKILL, err
+    for i, shard in enumerate(("0/2", "1/2")):
+        err = _concept_resume(out, cache_root, tmp_path / f"s{i}", "--shard", shard)
+        assert "waiting for other shards" in err or "still missing" in err or complete_cells(tdir), err
+    assert not visible_incomplete_cells(tdir), visible_incomplete_cells(tdir)
+    _concept_resume(out, cache_root, tmp_path / "assemble")
+    _assert_concept_complete(tdir, concept_ref)
+
+
 # --- 3. the claim primitive ---------------------------------------------------------------------------------
 HOLDER = r"""
 import sys
-from bench.running.claims import claim
+from bench.core.locks import claim
 path = sys.argv[1]
 c = claim(path)
 print("held" if c else "busy", flush=True)
@@ -523,7 +654,7 @@ for line in sys.stdin:
 """
 PROBE = r"""
 import sys
-from bench.running.claims import claim, holder
+from bench.core.locks import claim, holder
 c = claim(sys.argv[1], wait=sys.argv[2] == "wait")
 print("got" if c else "busy " + holder(sys.argv[1]), flush=True)
 """
@@ -574,7 +705,7 @@ def test_claim_excludes_other_processes_until_release_or_death(tmp_path):
 BUILD = r"""
 import json, os, signal, sys, time
 from pathlib import Path
-from bench.assets import _build
+from bench.core.cache import build_asset
 folder, log, die = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "die"
 
 def builder(tmp):
@@ -588,12 +719,12 @@ def builder(tmp):
 
 print("ready", flush=True)
 sys.stdin.readline()  # go: every builder has imported bench.assets (torch) by now
-print(json.dumps(_build(folder, builder, "test asset")), flush=True)
+print(json.dumps(build_asset(folder, builder, "test asset")), flush=True)
 """
 
 
 def _builders(folder: Path, log: Path, n: int, die: bool = False) -> list[subprocess.CompletedProcess]:
-    """``n`` processes that call ``_build`` on ``folder`` at the same moment."""
+    """``n`` processes that call ``build_asset`` on ``folder`` at the same moment."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     ps = [subprocess.Popen([sys.executable, "-c", BUILD, str(folder), str(log), "die" if die else "ok"], env=env,
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -607,15 +738,15 @@ def _builders(folder: Path, log: Path, n: int, die: bool = False) -> list[subpro
 
 
 def test_concurrent_asset_builds_build_once(tmp_path):
-    """Two cold-cache runs started together need the same asset: ``_build`` must build it once and give both
-    the same folder (bench/running/claims.py: concurrent runs never "build the same asset twice")."""
-    from bench.assets import _manifest_ok
+    """Two cold-cache runs started together need the same asset: ``build_asset`` must build it once and give both
+    the same folder (bench/core/locks.py: concurrent runs never "build the same asset twice")."""
+    from bench.core.cache import manifest_ok
 
     folder, log = tmp_path / "cache" / "base-0123", tmp_path / "builds.log"
     results = _builders(folder, log, 2)
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
     metas = [json.loads(r.stdout) for r in results]
-    assert metas[0] == metas[1] and _manifest_ok(folder)
+    assert metas[0] == metas[1] and manifest_ok(folder)
     assert not [p.name for p in folder.parent.iterdir() if p.name.startswith(".") and p.name != ".locks"]
     builds = log.read_text().split()
     assert len(builds) == 1, f"the asset was built {len(builds)} times, by pids {builds}; kept: {metas[0]['built_by']}"
@@ -624,7 +755,7 @@ def test_concurrent_asset_builds_build_once(tmp_path):
 def test_asset_build_killed_midway_is_not_trusted(tmp_path):
     """A builder SIGKILLed with its weights half written leaves only a hidden temporary folder; the next
     run builds the asset properly instead of using it."""
-    from bench.assets import _manifest_ok
+    from bench.core.cache import manifest_ok
 
     folder, log = tmp_path / "cache" / "base-0123", tmp_path / "builds.log"
     (r,) = _builders(folder, log, 1, die=True)
@@ -632,7 +763,7 @@ def test_asset_build_killed_midway_is_not_trusted(tmp_path):
     assert not folder.exists()
     (r,) = _builders(folder, log, 1)
     assert r.returncode == 0, r.stderr
-    assert _manifest_ok(folder) and json.loads(r.stdout)["built_by"] == int(log.read_text().split()[-1])
+    assert manifest_ok(folder) and json.loads(r.stdout)["built_by"] == int(log.read_text().split()[-1])
 
 
 # --- atomic writes keep ordinary permissions ------------------------------------------------------------------
@@ -640,8 +771,8 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     """Temporary files and folders are made 0600/0700 by mkstemp/mkdtemp; once renamed into place, results and
     cached assets must have what an ordinary open/mkdir gives under the umask, or other users and machines of a
     shared file system cannot read them."""
-    from bench.hashing import atomic_write_text, make_temp_dir
-    from bench.store import atomic_copy_file
+    from bench.core.hashing import atomic_write_text, make_temp_dir
+    from bench.core.store import atomic_copy_file
 
     old = os.umask(0o022)
     try:
@@ -657,3 +788,20 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     assert folder.stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "group.md").stat().st_mode & 0o777 == 0o640
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p != folder]
+
+
+def test_atomic_file_needs_a_path_and_says_its_mode(tmp_path):
+    """A file handle passed where a path belongs once wrote files named ``<_io.TextIOWrapper ...>`` into the
+    checkout: ``atomic_file`` takes only paths, and text or bytes is always said."""
+    from bench.core.hashing import atomic_file
+
+    with pytest.raises(TypeError):
+        atomic_file(tmp_path / "a.txt").__enter__()  # no mode
+    with open(tmp_path / "handle.txt", "w") as handle, pytest.raises(TypeError, match="needs a path"):
+        atomic_file(handle, "w").__enter__()
+    with pytest.raises(ValueError, match="'w' or 'wb'"):
+        atomic_file(tmp_path / "a.txt", "a").__enter__()
+    with atomic_file(tmp_path / "b.bin", "wb") as f:
+        f.write(b"\x00\x01")
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bin", "handle.txt"]

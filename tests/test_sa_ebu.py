@@ -6,14 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.diffusion import Diffusion
 from bench.method import resolve_config
-from bench.nets import CondUNet
+from bench.models.diffusion import Diffusion
+from bench.models.family import PixelOps
+from bench.models.nets import CondUNet
 from bench.tasks.digits import DIGITS
+from methods._directions import combine_direction, min_norm_coef, min_norm_combine, pcgrad_combine, select_top
 from methods._fisher import ewc_penalty, image_fisher
 from methods._masks import top_fraction
 from methods._replay import stretch_minmax
-from methods.ebu import EBU, combine_direction, min_norm_coef, min_norm_combine, pcgrad_combine, select_top
+from methods.ebu import EBU
 from methods.sa import SelectiveAmnesia
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -128,7 +130,7 @@ def test_image_fisher_squares_after_summing_over_timesteps(net):
     x = torch.rand(2, 1, 8, 8) * 2 - 1
     y = torch.tensor([3, 7])
     K = 8
-    f = image_fisher(net, d, x, y, timesteps=K, p_drop=0.0, chunk=3,
+    f = image_fisher(net, PixelOps(d), x, y, timesteps=K, p_drop=0.0, chunk=3,
                      generator=torch.Generator().manual_seed(5))
     # replay the same random draws by hand: per image u, then one noise draw per chunk
     g = torch.Generator().manual_seed(5)
@@ -165,8 +167,8 @@ def test_configs_and_presets():
     assert EBU.status == "reconstruction" and EBU.version == "ebu-recon-v1" and "RECONSTRUCTION" in EBU.paper
     assert EBU.data_free and SelectiveAmnesia.data_free
     for profile in ("fast", "smoke"):
-        e = resolve_config(EBU, "digits-class", profile)
-        s = resolve_config(SelectiveAmnesia, "digits-class", profile)
+        e = resolve_config(EBU, DIGITS, DIGITS.profile(profile))
+        s = resolve_config(SelectiveAmnesia, DIGITS, DIGITS.profile(profile))
         for key in ("n_replay", "lr", "batch", "iters", "replay_weights", "clip"):
             assert getattr(e, key) == getattr(s, key), (profile, key)
     assert SelectiveAmnesia.Config().iters == 20_000 and SelectiveAmnesia.Config().lam == 10.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections import namedtuple
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from _fixtures import write_prompt_files
 from torch import nn
 
 from bench.cli import main
+from bench.method import Method, register_method
 from bench.sd import shards
 from bench.sd.latent import SDModel, ddim_sample, guided_eps, ldm_loss, q_sample, scaled_linear_alphas
 
@@ -143,6 +145,20 @@ def test_sharded_rendering_resumes_and_assembles(micro, tmp_path):
     assert shards.missing(es, folder) == 6
 
 
+@register_method("concept-only-test")
+class ConceptOnly(Method):
+    """A throw-away method that supports concept tasks only (the class-task error path)."""
+
+    @dataclass(frozen=True)
+    class Config:
+        iters: int = 0
+
+    task_kinds = frozenset({"concept"})
+
+    def unlearn(self, ctx):
+        return ctx.sampler(ctx.base_model(trainable=False))
+
+
 def run_cli(*args: str) -> int:
     return main(["run", "--quiet", *args])
 
@@ -152,14 +168,15 @@ def test_unsupported_method_and_all_expansion(tmp_path, capsys, cache_root):
                  "--cache", str(cache_root))
     err = capsys.readouterr().err
     assert rc == 2 and "does not support concept tasks" in err and "esd" in err and "Traceback" not in err
-    rc = run_cli("--methods", "esd", "--task", "digits-class", "--profile", "smoke", "--out", str(tmp_path),
-                 "--cache", str(cache_root))
+    rc = run_cli("--methods", "concept-only-test", "--task", "digits-class", "--profile", "smoke", "--out",
+                 str(tmp_path), "--cache", str(cache_root))
     assert rc == 2 and "does not support class tasks" in capsys.readouterr().err
     from bench.method import METHODS, methods_for
 
-    assert set(methods_for("concept")) == {"esd", "ga", "original", "pecker", "rl", "sa", "salun", "sfd"}
-    assert "esd" not in methods_for("class") and all("class" in METHODS.get(m).task_kinds
-                                                     for m in ("retrain", "ft", "sfron", "ebu"))
+    project = {m for m in METHODS.names() if METHODS.get(m).__module__.startswith("methods.")}
+    assert set(methods_for("concept")) & project == {"esd", "ga", "original", "pecker", "rl", "sa", "salun", "sfd"}
+    assert "esd" in methods_for("class")  # ESD erases a class too, with the null class as the empty prompt
+    assert all(METHODS.get(m).task_kinds == {"class"} for m in ("retrain", "ft", "sfron", "ebu"))
 
 
 def test_concept_cli_checks(tmp_path, capsys, cache_root):
@@ -206,7 +223,7 @@ def test_nudity_pipeline_on_the_micro_model(tmp_path, cache_root, capsys):
     assert by["sfd"]["status"] == "skipped" and "one-step" in by["sfd"]["skip_reason"]
     table = (out / "sd-nudity" / "table.md").read_text()
     assert "skipped" in table and "nudity" in table.lower()
-    assert not list((out / "sd-nudity" / "runs").glob("*.partial"))
+    assert not list((out / "sd-nudity" / ".renders").glob("*"))  # rendered images go once a cell is written
 
 
 @pytest.mark.slow
@@ -240,14 +257,15 @@ def test_list_shows_concepts_profiles_sets_and_task_kinds(capsys):
     assert "forget i2p-all" in out and "remain coco-10k" in out
     assert main(["list", "methods"]) == 0
     lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()[1:]}
-    assert " concept " in lines["esd"] and "class,concept" in lines["salun"] and "class " in lines["sfron"]
+    assert "class,concept" in lines["esd"] and "class,concept" in lines["salun"] and "class " in lines["sfron"]
+    assert " concept " in lines["concept-only-test"]
 
 
 @pytest.mark.slow
 def test_drift_metrics_are_zero_for_the_original_and_na_without_inception(tmp_path, cache_root, monkeypatch):
     """fid_vs_original and style_shift compare with the base model's images of the same prompts and seeds:
     the Original's own images give 0 (or n/a with the reason when no Inception weights are on the machine)."""
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
     from metrics.inception import find_inception
 
     prompts = write_prompt_files(tmp_path / "prompts")
@@ -277,7 +295,7 @@ def test_drift_metrics_are_zero_for_the_original_and_na_without_inception(tmp_pa
 
 
 def _object_prompts(tmp_path: Path) -> Path:
-    from bench.sd.prompts import IMAGENETTE_CLASSES
+    from bench.tasks.sd import IMAGENETTE_CLASSES
 
     prompts = write_prompt_files(tmp_path / "prompts")
     (prompts / "imagenette-eval.csv").write_text(  # all ten classes (the shared fixture has three)

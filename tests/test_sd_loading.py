@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from bench.sd.loading import (
     base_hash,
     folder_hashes,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from _fixtures import write_prompt_files
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from bench.sd.prompts import (
     EVAL_SETS,
     PROMPT_FILES,

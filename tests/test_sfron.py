@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from bench.diffusion import Diffusion
-from bench.nets import CondUNet
+from bench.models.diffusion import Diffusion
+from bench.models.family import PixelOps
+from bench.models.nets import CondUNet
 from bench.tasks.digits import DIGITS
 from methods._fisher import fisher_ratio_mask, guided_fisher
 from methods._masks import clip_norm_, named_grads
@@ -42,7 +43,7 @@ def test_guided_fisher_real_pass_is_clipped_mean_of_squares(net):
     x = torch.rand(10, 1, 8, 8) * 2 - 1
     y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
     net.train()
-    f = guided_fisher(net, d, x, y, w=2.0, batch=4, clip=1.0, generator=g)  # 3 batches (4, 4, 2)
+    f = guided_fisher(net, PixelOps(d), x, y, w=2.0, batch=4, clip=1.0, generator=g)  # 3 batches (4, 4, 2)
     assert net.training, "eval_mode must restore train()"
     assert all(p.grad is None for p in net.parameters())
     total = sum(float(v.sum()) for v in f.values())
@@ -54,7 +55,7 @@ def test_guided_fisher_real_pass_is_clipped_mean_of_squares(net):
     assert float(f[emb][net.null_class].abs().sum()) > 0
     # a forget-class Fisher vs a remain Fisher gives a proper, non-trivial mask
     xf, yf = x[:4], torch.zeros(4, dtype=torch.long)
-    ff = guided_fisher(net, d, xf, yf, batch=4, generator=torch.Generator().manual_seed(1))
+    ff = guided_fisher(net, PixelOps(d), xf, yf, batch=4, generator=torch.Generator().manual_seed(1))
     m = fisher_ratio_mask(ff, f)
     frac = sum(float(v.float().sum()) for v in m.values()) / sum(v.numel() for v in m.values())
     assert 0.0 < frac < 1.0

@@ -21,8 +21,9 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 import methods.ebu
 import methods.salun
 import methods.sfron
-from bench.diffusion import Diffusion
 from bench.method import METHODS, resolve_config
+from bench.models.diffusion import Diffusion
+from bench.tasks.digits import DIGITS
 from methods._relabel import relabel_forget_loss
 from methods._replay import budget_decay
 
@@ -72,7 +73,7 @@ def fixed_inputs(x: Tensor, seed: int) -> tuple[Tensor, Tensor]:
 
 def config(name: str, overrides: dict | None = None, iters: int = 3):
     cls = METHODS.get(name)
-    return cls, resolve_config(cls, "digits-class", "smoke", overrides or {}, iters=iters)
+    return cls, resolve_config(cls, DIGITS, DIGITS.profile("smoke"), overrides or {}, iters=iters)
 
 
 def on_uint8_grid(x: Tensor) -> bool:
@@ -265,14 +266,13 @@ def test_relabel_forget_loss_is_an_element_mean_with_a_stop_gradient_target(make
     c_f = 9
     cover = (c_f + 1) % 10  # = 0: the wrap-around
     ctx = make_ctx(c_f)
-    d = ctx.diffusion
     net = assets.base("raw").eval()
     x, c = ctx.forget_data()
     x, c = x[:16], c[:16]
     assert bool((c == c_f).all())
     t, noise = fixed_inputs(x, 3)
 
-    loss = relabel_forget_loss(d, net, x, c, cover, 0.0, t, noise)
+    loss = relabel_forget_loss(ctx, net, x, c, ctx.cond("cover", len(x)), 0.0, t, noise)
     with torch.no_grad():
         x_t = q(x, t, noise)
         diff = net(x_t, t.float(), torch.full_like(c, cover)) - net(x_t, t.float(), c)
@@ -291,7 +291,7 @@ def test_relabel_forget_loss_is_an_element_mean_with_a_stop_gradient_target(make
     assert torch.all(g[others] == 0)  # p_drop = 0: not even the null row
 
     rec = Recorder(assets.base("raw").eval())
-    relabel_forget_loss(d, rec, x, c, cover, 0.0, t, noise).backward()
+    relabel_forget_loss(ctx, rec, x, c, ctx.cond("cover", len(x)), 0.0, t, noise).backward()
     assert len(rec.calls) == 2
     by_label = {int(r["c"][0]): r for r in rec.calls}
     assert set(by_label) == {c_f, cover} and all(bool((r["c"] == r["c"][0]).all()) for r in rec.calls)

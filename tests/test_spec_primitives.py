@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-from bench.diffusion import Diffusion, to_uint8
-from bench.generators import DiffusionSampler
-from bench.nets import CondUNet
-from bench.noise import counter_normal, image_keys
+from bench.models.diffusion import Diffusion, to_uint8
+from bench.models.family import PixelOps
+from bench.models.generators import DiffusionSampler
+from bench.models.nets import CondUNet
+from bench.models.noise import counter_normal, image_keys
 from bench.tasks.digits import DIGITS
 from methods._fisher import fisher_ratio_mask, guided_fisher, image_fisher
 from methods._masks import top_fraction
@@ -218,7 +219,8 @@ def test_sa_image_fisher_squares_the_per_image_timestep_sum(K):
     N, Tn = len(y), R.T
     net = R.ClassConstantEps(theta)
     d = Diffusion()
-    F = image_fisher(net, d, x, y, timesteps=K, p_drop=0.0, generator=torch.Generator().manual_seed(7))["theta"]
+    gen = torch.Generator().manual_seed(7)
+    F = image_fisher(net, PixelOps(d), x, y, timesteps=K, p_drop=0.0, generator=gen)["theta"]
 
     # (a) classes absent from the data (3..9 and the null row) get exactly zero
     assert torch.all(F[3:] == 0)
@@ -268,7 +270,7 @@ def test_sa_image_fisher_stratified_timesteps_one_per_stratum():
     theta, x, y = _sa_setup(2)
     net = R.ClassConstantEps(theta)
     K = 10
-    image_fisher(net, Diffusion(), x, y, timesteps=K, p_drop=0.0, generator=torch.Generator().manual_seed(3))
+    image_fisher(net, PixelOps(Diffusion()), x, y, timesteps=K, p_drop=0.0, generator=torch.Generator().manual_seed(3))
     ts = torch.cat(net.seen_t).long()
     assert len(ts) == len(y) * K
     offsets = []
@@ -311,7 +313,8 @@ def test_sfron_guided_fisher_equals_the_spec_pass_exactly():
     x, y = _sfron_data()
     net = _dropout_unet(0)
     net.train()
-    F = guided_fisher(net, Diffusion(), x, y, w=2.0, batch=16, clip=1.0, generator=torch.Generator().manual_seed(9))
+    gen = torch.Generator().manual_seed(9)
+    F = guided_fisher(net, PixelOps(Diffusion()), x, y, w=2.0, batch=16, clip=1.0, generator=gen)
     assert net.training
 
     raw = R.guided_pass_grads(net, x, y, 2.0, 16, torch.Generator().manual_seed(9), clip=None)
@@ -327,7 +330,7 @@ def test_sfron_guided_fisher_equals_the_spec_pass_exactly():
     unclipped = R.fisher_from_batches(raw)
     # with a clip threshold no batch reaches, F is the plain mean of squared gradients: this pins the
     # loss reduction (sum over pixels, mean over the batch), which an active clip would normalise away
-    F_noclip = guided_fisher(net, Diffusion(), x, y, w=2.0, batch=16, clip=1e9,
+    F_noclip = guided_fisher(net, PixelOps(Diffusion()), x, y, w=2.0, batch=16, clip=1e9,
                              generator=torch.Generator().manual_seed(9))
     assert _rel_l1(F_noclip, unclipped) < 1e-4
     element_mean = {k: v / 64**2 for k, v in unclipped.items()}  # MSELoss reduction: 64× smaller gradient
@@ -354,8 +357,8 @@ def test_sfron_ratio_mask_follows_the_spec_formula():
     net = _dropout_unet(1)
     xf, yf = x[y == 0], y[y == 0]
     xr, yr = x[y != 0], y[y != 0]
-    Ff = guided_fisher(net, Diffusion(), xf, yf, generator=torch.Generator().manual_seed(1), batch=16)
-    Fr = guided_fisher(net, Diffusion(), xr, yr, generator=torch.Generator().manual_seed(2), batch=16)
+    Ff = guided_fisher(net, PixelOps(Diffusion()), xf, yf, generator=torch.Generator().manual_seed(1), batch=16)
+    Fr = guided_fisher(net, PixelOps(Diffusion()), xr, yr, generator=torch.Generator().manual_seed(2), batch=16)
     m = fisher_ratio_mask(Ff, Fr, gamma=1.0)
     emb = "unet.class_embedding.weight"
     assert bool(m[emb][0].all())  # forget row: F_r = 0

@@ -16,9 +16,10 @@ import pytest
 import torch
 from _fixtures import write_fashion_idx
 
-from bench.cli import build_parser, main, resolve_task
-from bench.driver import CellSpec, Driver
-from bench.hashing import content_hash
+from bench.cli import build_parser, main
+from bench.core.hashing import content_hash
+from bench.engine.driver import CellSpec, Driver, resolve_task
+from bench.engine.options import Options
 from bench.models.factory import build_unet, diffusers_config
 from bench.models.refunet import RefUNet, timestep_embedding
 from bench.tasks import get_task
@@ -76,14 +77,14 @@ def test_translation_builds_the_same_shape_with_attention_where_configured(ref):
 
 
 def test_switched_task_translates_every_config_and_leaves_the_registered_task_alone():
-    task = resolve_task(TASK, unet="diffusers")
+    task = resolve_task(TASK, Options(unet="diffusers"))
     assert task.arch == "diffusers-unet" and task.unet_switch == "diffusers"
     assert task.unet_config == diffusers_config(FASHION_UNET)
     assert task.profiles["smoke"].unet_config == diffusers_config(SMOKE_UNET)
     assert task.profiles["fast"].unet_config is None  # falls back to the translated task config
     own = get_task(TASK)
     assert own.arch == "reference-unet" and own.profiles["smoke"].unet_config == SMOKE_UNET
-    assert resolve_task(TASK, unet="reference").unet_switch is None  # the task's own: nothing changes
+    assert resolve_task(TASK, Options(unet="reference")).unet_switch is None  # the task's own: nothing changes
 
 
 @pytest.fixture(scope="module")
@@ -112,16 +113,16 @@ def test_diffusers_run_records_its_architecture_and_caches_its_own_base_model(di
     assert saved["_class_name"] == "UNet2DModel" and saved["block_out_channels"] == [16, 32]
     # the reference run of the same cell: another base-model folder and another cell id
     def driver(unet=None):
-        return Driver(diffusers_run["out"], "cpu", cache, progress=False, log=lambda m: None,
-                      data_root=diffusers_run["data"], task_override=resolve_task(TASK, unet=unet))
+        return Driver(Options(out=diffusers_run["out"], cache=cache, progress=False, data_root=diffusers_run["data"],
+                              unet=unet), log=lambda m: None)
 
     ref = driver()
-    ref_assets = ref.assets(ref.get_task(TASK), "smoke")
+    ref_assets = ref.assets(ref.task(TASK), "smoke")
     assert bases[0].name != f"base-{content_hash(ref_assets.base_key())}"
     spec = CellSpec(TASK, "original", 0, 0, "smoke")
-    assert ref.plan(spec)[2] != row["cell"]
+    assert ref.plan(spec).name != row["cell"]
     same = driver("reference")
-    assert same.plan(spec)[2] == ref.plan(spec)[2]  # --unet reference on a reference task is the default
+    assert same.plan(spec).name == ref.plan(spec).name  # --unet reference on a reference task is the default
 
 
 def row_dir(run: dict):
@@ -147,7 +148,7 @@ def test_a_base_model_of_the_other_architecture_is_one_error_line(diffusers_run,
     assert rc == 2 and len(err) == 1 and err[0].startswith("bench: error:")
     assert "diffusers-unet architecture" in err[0] and "--unet reference" in err[0]
     assert not (tmp_path / "a" / TASK / "runs").exists() and not (tmp_path / "b" / TASK / "runs").exists()
-    task = resolve_task(TASK, unet="diffusers")  # the same folder is accepted as the selected architecture
+    task = resolve_task(TASK, Options(unet="diffusers"))  # the same folder is accepted as the selected architecture
     net = load_base_model(harness_diffusers, {"arch": task.arch, "config": task.profiles["smoke"].unet_config}, 10)
     assert type(net).__name__ == "CondUNet"
 

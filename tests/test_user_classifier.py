@@ -6,14 +6,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bench.driver import CellSpec, Driver
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.engine.driver import CellSpec, Driver
+from bench.engine.options import Options
 
 
 def test_own_classifier_scores_like_the_harness_one(assets, original_row, cache_root, tmp_path):
     weights = tmp_path / "clf.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in assets.classifier().state_dict().items()}}, weights)
-    d = Driver(tmp_path / "runs", "cpu", cache_root, progress=False, log=lambda m: None, classifier_path=weights)
+    d = Driver(Options(out=tmp_path / "runs", cache=cache_root, progress=False, classifier=weights), log=lambda m: None)
     row = d.run(CellSpec("digits-class", "original", 0, 0, "smoke"))
     # the same weights give the same scores; the row says where the classifier came from
     assert row["ua"] == original_row["ua"] and row["retain_acc"] == original_row["retain_acc"]
@@ -24,6 +25,6 @@ def test_own_classifier_scores_like_the_harness_one(assets, original_row, cache_
 def test_a_classifier_of_another_shape_is_one_clear_error(cache_root, tmp_path):
     bad = tmp_path / "bad.safetensors"
     save_file({"fc.weight": torch.zeros(3, 3)}, str(bad))
-    d = Driver(tmp_path / "runs", "cpu", cache_root, progress=False, log=lambda m: None, classifier_path=bad)
+    d = Driver(Options(out=tmp_path / "runs", cache=cache_root, progress=False, classifier=bad), log=lambda m: None)
     with pytest.raises(BenchError, match="does not match the task's digits-class classifier"):
         d.run(CellSpec("digits-class", "original", 0, 0, "smoke"))

@@ -23,8 +23,11 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 import numpy as np
+import PIL
+from PIL import Image, UnidentifiedImageError, features
+from tqdm.auto import tqdm
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
@@ -316,8 +319,6 @@ def resize_images(x: np.ndarray, size: int | tuple[int, int], resample: str = "b
     """Resize uint8 NCHW images one by one with Pillow (``size`` is an int for square or (height,
     width)); returns uint8 NCHW. Pillow's bilinear filter widens its support when shrinking, as the
     reference pipelines (torchvision's PIL Resize) do."""
-    from PIL import Image
-
     if resample not in _RESAMPLE:
         raise BenchError(f"unknown resample {resample!r}; choose from {', '.join(_RESAMPLE)}")
     x = np.asarray(x)
@@ -496,9 +497,6 @@ def tar_kind(path: Path, peek: int = 64) -> str | None:
 
 
 def _pil_details() -> dict[str, Any]:
-    import PIL
-    from PIL import features
-
     out: dict[str, Any] = {"pillow": PIL.__version__}
     # JPEG decoders differ in their IDCTs: record which one decoded the pixels
     for key, feature in (("libjpeg", "jpg"), ("libjpeg_turbo", "libjpeg_turbo"), ("zlib", "zlib")):
@@ -510,8 +508,6 @@ def _pil_details() -> dict[str, Any]:
 
 
 def _decode(data: bytes | Path, where: str, mode: str, size: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
             if im.size != (size, size):
@@ -550,8 +546,6 @@ def _check_classes(found: set[str], name: str, where: str) -> dict[str, int]:
 
 
 def _progress(total: int | None, desc: str):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
 
 

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.core.errors import BenchError
+from bench.core.hashing import atomic_file, atomic_write_json, content_hash
 from bench.datasets.readers import (
     CIFAR10_MD5,
     CLASS_NAMES,
@@ -46,8 +48,6 @@ from bench.datasets.readers import (
     read_stl10_binary,
     tar_kind,
 )
-from bench.errors import BenchError
-from bench.hashing import atomic_file, atomic_write_json, content_hash
 
 DATASETS = tuple(CLASS_NAMES)
 ENV_VAR = "BENCH_DATA"

@@ -7,7 +7,7 @@ Accepted inputs for :func:`load_base_model`:
   the model state carries DataParallel's ``module.`` prefix (stripped here). A bare state dict saved
   with ``torch.save`` is accepted too;
 * a ``.safetensors`` file holding a :class:`~bench.models.refunet.RefUNet` or
-  :class:`~bench.nets.CondUNet` state dict (for a diffusers task, a bare ``UNet2DModel`` state dict
+  :class:`~bench.models.nets.CondUNet` state dict (for a diffusers task, a bare ``UNet2DModel`` state dict
   also works);
 * a folder written by :meth:`RefUNet.save` (``config.json`` with ``"arch": "reference-unet"``);
 * a diffusers folder: a pipeline folder with ``unet/`` or a bare ``UNet2DModel`` folder;
@@ -15,7 +15,7 @@ Accepted inputs for :func:`load_base_model`:
 
 Whatever the file holds, the weights go into a freshly built model of the task's architecture (its own,
 or the one ``--unet`` selects: the caller passes it in ``task_arch``), and only after their names and
-shapes have been compared with it; a mismatch is one :class:`~bench.errors.BenchError` naming the
+shapes have been compared with it; a mismatch is one :class:`~bench.core.errors.BenchError` naming the
 differing keys.
 """
 
@@ -30,7 +30,8 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.models.factory import build_unet
 from bench.models.refunet import ARCH as REFERENCE_ARCH
 
 DIFFUSERS_ARCH = "diffusers-unet"
@@ -42,8 +43,6 @@ _SHOW = 5  # differing keys named in a mismatch message
 
 def build_model(task_arch: dict, num_classes: int) -> nn.Module:
     """A freshly initialised model of the task's architecture (``{"arch": ..., "config": {...}}``)."""
-    from bench.models.factory import build_unet
-
     return build_unet(task_arch.get("arch"), task_arch["config"], num_classes)
 
 

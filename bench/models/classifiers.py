@@ -12,6 +12,8 @@ from __future__ import annotations
 import timm
 from torch import Tensor, nn
 
+from bench.models.nets import SmallClassifier
+
 
 class TimmClassifier(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, model: str = "resnet18",
@@ -42,8 +44,6 @@ def build_classifier(spec: dict, in_channels: int, num_classes: int) -> nn.Modul
     ``{"kind": "timm", "model": "resnet18", "layers": [...], "channels": [...]}``."""
     kind = spec.get("kind", "small-cnn")
     if kind == "small-cnn":
-        from bench.nets import SmallClassifier
-
         return SmallClassifier(in_channels, num_classes)
     if kind == "timm":
         return TimmClassifier(in_channels, num_classes, spec.get("model", "resnet18"), spec.get("layers"),

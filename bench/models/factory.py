@@ -1,7 +1,7 @@
 """Build, save and load a task's diffusion U-Net, whichever architecture the task declares.
 
 ``reference-unet``: the papers' class-conditional U-Net (:mod:`bench.models.refunet`);
-``diffusers-unet``: a diffusers ``UNet2DModel`` with a class-embedding table (:class:`bench.nets.CondUNet`).
+``diffusers-unet``: a diffusers ``UNet2DModel`` with a class-embedding table (:class:`bench.models.nets.CondUNet`).
 A saved folder says which it holds in its ``config.json``. ``--unet diffusers`` rebuilds a reference task
 with the diffusers network (:func:`diffusers_config`, :func:`select_unet`).
 """
@@ -14,18 +14,18 @@ from pathlib import Path
 
 from torch import nn
 
+from bench.core.errors import BenchError
+from bench.models.nets import CondUNet
+from bench.models.refunet import RefUNet, normalise_config
+
 ARCHES = ("reference-unet", "diffusers-unet")
 UNET_CHOICES = {"reference": "reference-unet", "diffusers": "diffusers-unet"}  # --unet value -> arch
 
 
 def build_unet(arch: str, config: dict, num_classes: int) -> nn.Module:
     if arch == "reference-unet":
-        from bench.models.refunet import RefUNet
-
         return RefUNet(config, num_classes)
     if arch == "diffusers-unet":
-        from bench.nets import CondUNet
-
         return CondUNet(config, num_classes)
     raise ValueError(f"unknown U-Net architecture {arch!r}; choose from {', '.join(ARCHES)}")
 
@@ -38,10 +38,7 @@ def saved_arch(folder: Path) -> str:
 def load_unet(folder: Path, num_classes: int) -> nn.Module:
     """A U-Net saved by ``net.save(folder)`` (either architecture)."""
     if saved_arch(folder) == "reference-unet":
-        from bench.models.refunet import RefUNet
-
         return RefUNet.load(folder, num_classes)
-    from bench.nets import CondUNet
 
     return CondUNet.load(folder, num_classes)
 
@@ -53,7 +50,7 @@ def weight_file(folder: Path) -> str:
 
 
 def diffusers_config(ref: dict) -> dict:
-    """The ``UNet2DModel`` config (for :class:`~bench.nets.CondUNet`) of the same shape as a reference-unet
+    """The ``UNet2DModel`` config (for :class:`~bench.models.nets.CondUNet`) of the same shape as a reference-unet
     config: resolution, channels, widths ``ch * ch_mult``, ``num_res_blocks`` resnets per level and
     attention after each of them at the levels whose resolution is in ``attn_resolutions``.
 
@@ -61,8 +58,6 @@ def diffusers_config(ref: dict) -> dict:
     ``[sin, cos]`` timestep features (``flip_sin_to_cos=False, freq_shift=1``), GroupNorm eps 1e-6, the
     asymmetric (0, 1) padding of its downsampling convolution (``downsample_padding=0``) and one attention
     head as wide as the block (``attention_head_dim=None``)."""
-    from bench.models.refunet import normalise_config
-
     cfg = normalise_config(ref)
     if not cfg["class_cond"]:
         raise ValueError("only the class-conditional reference U-Net has a diffusers counterpart")
@@ -86,8 +81,6 @@ def select_unet(task, choice: str | None):
 
     Only reference -> diffusers is a translation; a diffusers task has no reference config to go back to,
     and a concept task's network is Stable Diffusion's. Mistakes raise BenchError."""
-    from bench.errors import BenchError
-
     if choice is None:
         return task
     if choice not in UNET_CHOICES:

@@ -6,7 +6,7 @@ follow the reference implementation's state dict (``Conditional_Model`` in the U
 repository, without DataParallel's ``module.`` prefix), so a reference checkpoint loads with
 ``load_state_dict(strict=True)``; see :mod:`bench.models.checkpoints` for the file formats.
 
-The interface matches :class:`bench.nets.CondUNet`: ``forward(x, t, c)`` with ``c == num_classes``
+The interface matches :class:`bench.models.nets.CondUNet`: ``forward(x, t, c)`` with ``c == num_classes``
 (``null_class``) selecting the learned null embedding used by label dropout and classifier-free
 guidance.
 """
@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from bench.models.nets import clone_without_hooks
 
 ARCH = "reference-unet"
 
@@ -312,6 +314,4 @@ class RefUNet(nn.Module):
 
     def clone(self) -> RefUNet:
         """A deep copy with no hooks attached (hooks belong to the copy's owner)."""
-        from bench.nets import clone_without_hooks
-
         return clone_without_hooks(self)

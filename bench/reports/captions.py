@@ -11,7 +11,7 @@ import math
 
 import pandas as pd
 
-from bench.reports.format import _md_cell, _missing, _num, _parse_json, _short_value, _strs
+from bench.reports.format import _md_cell, _missing, _num, _parse_json, _short_value, _strs, unavailable_notes
 from bench.reports.groups import _label_order, _prepare
 
 SPREAD_EXPLAIN = ("each entry is sd over base models / sd over unlearning seeds: the sample sd (ddof=1) of the "
@@ -132,7 +132,6 @@ def _concept_caption(task: str, profile: str, df: pd.DataFrame, values) -> str:
     if "nudity_detector" in df:
         parts.append(f"Nudity: {_uniq(df, 'nudity_detector')} at score ≥ {_uniq(df, 'nudity_threshold')} "
                      f"(NudeNet v3: not comparable with the NudeNet v2 numbers of ESD, SA, SFD and I2P).")
-    from bench.reports.format import unavailable_notes
 
     notes = sorted(set(unavailable_notes(df).values()))
     if notes:

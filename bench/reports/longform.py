@@ -13,6 +13,8 @@ import math
 import sys
 from typing import Any
 
+from bench.engine.plugins import load_all
+from bench.metric import METRICS
 from bench.reports.format import _missing, _num
 
 LONG_ID = ("cell", "task", "method", "forget_class", "base_seed", "seed", "profile", "config_hash", "harness_code",
@@ -32,15 +34,12 @@ _DIRECTIONS: dict[str, str] | None = None
 
 def metric_directions() -> dict[str, str]:
     """Metric column -> ``higher``/``lower``/``none``: the registered metrics' directions (after
-    ``bench.plugins.load_all()``), cost columns ``lower``, harness measurements ``none``."""
+    ``bench.engine.plugins.load_all()``), cost columns ``lower``, harness measurements ``none``."""
     global _DIRECTIONS
     if _DIRECTIONS is None:
         out = {k: "none" for k in HARNESS_METRICS}
         out.update({k: "lower" for k in COST_METRICS})
         try:
-            from bench.metric import METRICS
-            from bench.plugins import load_all
-
             load_all()
             for name in METRICS.names():
                 try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.store import save_png
+from bench.core.store import save_png
 
 #: FID values at or below this are drawn at it (FID can be ~0, or slightly negative numerically)
 FID_FLOOR = 1e-2

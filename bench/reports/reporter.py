@@ -17,9 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from bench import store
-from bench.errors import BenchError
-from bench.hashing import atomic_write_text
+from bench.core import store
+from bench.core.errors import BenchError
+from bench.core.hashing import atomic_write_text
+from bench.core.store import atomic_copy_file
 from bench.reports.format import _safe_name
 from bench.reports.groups import _is_ref, _label_order
 from bench.reports.html import report_page
@@ -27,7 +28,6 @@ from bench.reports.longform import LONG_COLUMNS, _csv_line, _long_chunk, long_ro
 from bench.reports.plots import plot_curves, plot_quality_forgetting
 from bench.reports.tables import _BlockCache, _csv_frames, failures_markdown
 from bench.reports.views import ProfileView, _profile_view
-from bench.store import atomic_copy_file
 
 DEFAULT_OVERLAYS = (("sfd", "pecker"), ("sa", "ebu"), ("salun", "sfron"))
 
@@ -98,7 +98,7 @@ class Reporter:
 
         reporter = Reporter(out / task)
         for cell in cells:
-            ...                           # run the cell (its folder is written by bench.store.write_cell)
+            ...                           # run the cell (its folder is written by bench.core.store.write_cell)
             reporter.update()             # after each cell, finished or failed: cheap text outputs only
         md = reporter.finish()            # at the end: everything, returns table.md's text
 

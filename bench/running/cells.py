@@ -2,16 +2,22 @@
 
 ``bench run`` and ``bench sweep`` (and every sweep worker) run cells through :func:`run_cell`, so two
 of them sharing a results folder never compute the same cell twice; a claim left by a killed
-process expires with it (see :mod:`bench.running.claims`).
+process expires with it (see :mod:`bench.core.locks`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.running.claims import claim, holder
-from bench.store import cell_dir, is_complete, load_row, remove_leftovers, task_dir
+from bench.core.errors import BenchError
+from bench.core.locks import claim, exclusive, holder
+from bench.core.store import cell_dir, clear_failure, is_complete, load_row, record_failure, remove_leftovers, task_dir
+from bench.engine.concept_eval import ShardPending
+from bench.reports import Reporter
 
 
 class CellBusy(RuntimeError):
@@ -23,7 +29,7 @@ class CellBusy(RuntimeError):
 
 
 def claim_path(out: Path, task: str, cell: str) -> Path:
-    """``<out>/<task>/.claims/<cell>.lock``; kept after use (see :mod:`bench.running.claims`)."""
+    """``<out>/<task>/.claims/<cell>.lock``; kept after use (see :mod:`bench.core.locks`)."""
     return task_dir(out, task) / ".claims" / f"{cell}.lock"
 
 
@@ -31,14 +37,14 @@ def run_cell(driver, spec, resume: bool = True, wait: bool = False) -> dict[str,
     """Load the cell if it is complete (``resume``); otherwise claim it and compute it. When another
     live process holds the claim, raise :class:`CellBusy`, or with ``wait`` block until it is
     released and then load what that process wrote (computing it only if it did not finish)."""
-    name = driver.plan(spec)[2]
+    name = driver.plan(spec).name
     folder = cell_dir(driver.out, spec.task, name)
     if resume and is_complete(folder):
         driver._log(f"skip {name}: already complete")
         return load_row(folder)
-    shard = getattr(driver, "shard", (0, 1))
+    shard = driver.options.shard
     # the shards of one concept cell render side by side: each claims its own part (the training they share
-    # is serialised inside the cell, see bench.sd.driver)
+    # is serialised inside the cell, see bench.engine.concept_eval)
     lock = claim_path(driver.out, spec.task, name if shard == (0, 1) else f"{name}.shard{shard[0]}of{shard[1]}")
     held = claim(lock, wait=wait)
     if held is None:
@@ -51,24 +57,67 @@ def run_cell(driver, spec, resume: bool = True, wait: bool = False) -> dict[str,
         return driver.run(spec, resume=False)
 
 
+def run_and_record(driver, spec, name: str, resume: bool, wait: bool) -> tuple[str, dict | None]:
+    """Run one cell through its claim: ``("done", row)``, ``("failed", None)`` (a method that raises is
+    recorded under failures/ and the next cell still runs), ``("busy", None)`` (another process is computing
+    it; with ``wait``, block for it instead) or ``("pending", None)`` (this shard is rendered, others are not)."""
+    try:
+        row = run_cell(driver, spec, resume=resume, wait=wait)
+    except (KeyboardInterrupt, BenchError):
+        raise
+    except CellBusy as exc:
+        print(f"    busy: {exc}; will wait for it at the end", file=sys.stderr)
+        return "busy", None
+    except ShardPending as exc:
+        print(f"    {exc}", file=sys.stderr)
+        return "pending", None
+    except Exception as exc:  # noqa: BLE001 - a method's bug must not stop the other methods
+        print(f"    FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+        record_failure(driver.out, spec.task, name, dataclasses.asdict(spec), f"{type(exc).__name__}: {exc}",
+                       traceback.format_exc())
+        return "failed", None
+    clear_failure(driver.out, spec.task, name)
+    return "done", row
+
+
+class Reports:
+    """The report of a results folder while a run or sweep writes it: after each cell only the text
+    outputs are brought up to date (the cost does not grow with the folder), at the end everything
+    (plots, sample grids, report.html). Concurrent processes on one folder take turns."""
+
+    def __init__(self, tdir: Path) -> None:
+        self.tdir = tdir
+        self.reporter = Reporter(tdir)
+
+    def _locked(self, fn, **kwargs) -> str:
+        with exclusive(self.tdir / ".render.lock"):
+            return fn(**kwargs)
+
+    def update(self) -> str:
+        return self._locked(self.reporter.update, quiet=True)
+
+    def finish(self) -> str:
+        try:
+            return self._locked(self.reporter.finish)
+        except BenchError:  # nothing finished and nothing failed: no report to write
+            return ""
+
+
 def prepare_assets(driver, specs) -> None:
     """Build (or verify) every cached asset the cells need, once, before any cell runs: the base
     model and classifier of each (task, profile, base seed), and Retrain for each (base seed,
-    forget class, length) among the cells. Cells then only load them."""
-    from bench.method import METHODS
-
+    forget class, length) among the cells (class tasks). Cells then only load them."""
     seen = set()
     for spec in specs:
-        task = driver.get_task(spec.task)
+        task = driver.task(spec.task)
         assets = driver.assets(task, spec.profile, spec.base_seed)
         key = (task.name, spec.profile, spec.base_seed)
         if key not in seen:
-            assets.base("raw")
-            assets.classifier()
+            assets.prepare()
             seen.add(key)
-        if METHODS.get(spec.method).name == "retrain":
-            cfg = driver.plan(spec)[0]
-            rkey = key + (spec.forget_class, int(cfg.iters))
+        cell = driver.plan(spec)
+        if cell.method.name == "retrain":
+            rkey = key + (spec.forget_class, int(cell.config.iters))
             if rkey not in seen:
-                assets.retrain(spec.forget_class, int(cfg.iters), task.weights_evaluated)
+                assets.retrain(spec.forget_class, int(cell.config.iters), task.weights_evaluated)
                 seen.add(rkey)

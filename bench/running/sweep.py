@@ -20,73 +20,54 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import asdict
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict, dataclass
 
-_DRIVERS: dict[tuple, Any] = {}  # per worker process: one Driver (and its loaded assets) per setting
+import torch
+from tqdm.auto import tqdm
 
+from bench.core.errors import BenchError
+from bench.core.store import cell_dir, clear_failure, is_complete, record_failure
+from bench.engine.concept_eval import ShardPending
+from bench.engine.driver import CellSpec, Driver
+from bench.engine.options import Options
+from bench.engine.plugins import load_all
+from bench.running.cells import CellBusy, Reports, prepare_assets, run_cell
+from bench.running.grid import Grid, plan_grid
 
-def _concept_kwargs(c: dict | None) -> dict:
-    if not c:
-        return {}
-    from bench.cli import _parse_shard
-
-    return {"prompts_dir": Path(c["prompts_dir"]) if c.get("prompts_dir") else None,
-            "allow_pickle": bool(c.get("allow_pickle")), "base_label": c.get("base_label") or "",
-            "one_step_generator": c.get("one_step_generator"), "concept_options": c.get("options") or {},
-            "shard": _parse_shard(c.get("shard")),
-            "forget_images": Path(c["forget_images"]) if c.get("forget_images") else None,
-            "remain_images": Path(c["remain_images"]) if c.get("remain_images") else None}
+_DRIVERS: dict[tuple, Driver] = {}  # per worker process: one Driver (and its loaded assets) per setting
 
 
-def _worker_driver(ctx: dict):
-    """The worker process's Driver for this sweep's settings, created once and kept (assets stay loaded)."""
-    key = (ctx["out"], ctx["cache"], ctx["device"], ctx["task"], ctx["fid_backend"], tuple(ctx["plugins"]),
-           ctx.get("precision"), ctx.get("data_root"), ctx.get("base_model"), ctx.get("base_weights"),
-           ctx.get("pretrain_steps"), ctx.get("fid_features"), ctx.get("inception_weights"), ctx.get("paper_compat"),
-           repr(ctx.get("concept")), ctx.get("classifier"), ctx.get("unet"))
+@dataclass(frozen=True)
+class SweepSettings:
+    """Where the cells run: the Ray cluster and each cell's resources."""
+
+    address: str | None = None  # None: a local Ray instance
+    cpus_per_cell: int = 1  # also each cell's PyTorch thread count
+    gpus_per_cell: float | None = None  # None: 1 with --device cuda, else 0
+    quiet: bool = False
+
+
+def _worker_driver(options: Options, plugins: tuple[str, ...], threads: int) -> Driver:
+    """The worker process's Driver for these options, created once and kept (its assets stay loaded)."""
+    key = (options, plugins)
     if key not in _DRIVERS:
-        import torch
-
-        from bench.cli import _quiet_libraries, resolve_task
-        from bench.driver import Driver
-        from bench.plugins import load_all
-
         os.environ["TQDM_DISABLE"] = "1"
-        _quiet_libraries()
-        torch.set_num_threads(max(1, int(ctx["threads"])))
-        load_all(ctx["plugins"])
-        task = resolve_task(ctx["task"], ctx["fid_backend"], ctx.get("fid_features"), bool(ctx.get("paper_compat")),
-                            ctx.get("unet"))
-        from bench.precision import parse_precision
-
-        opt = ctx.get
-        _DRIVERS[key] = Driver(Path(ctx["out"]), ctx["device"], Path(ctx["cache"]), progress=False,
-                               log=lambda m: None, task_override=task, precision=parse_precision(opt("precision")),
-                               data_root=Path(opt("data_root")) if opt("data_root") else None,
-                               base_model=Path(opt("base_model")) if opt("base_model") else None,
-                               base_weights=opt("base_weights") or "ema", pretrain_steps=opt("pretrain_steps"),
-                               inception_weights=opt("inception_weights"), **_concept_kwargs(ctx.get("concept")),
-                               classifier_path=Path(opt("classifier")) if opt("classifier") else None)
+        torch.set_num_threads(max(1, int(threads)))
+        load_all(plugins)
+        _DRIVERS[key] = Driver(options.replace(progress=False), log=lambda m: None)
     return _DRIVERS[key]
 
 
-def _spec(d: dict):
-    from bench.driver import CellSpec
-
+def _spec(d: dict) -> CellSpec:
     return CellSpec(**{**d, "metrics": tuple(d["metrics"])})
 
 
-def run_one(ctx: dict, spec: dict, wait: bool) -> dict:
+def run_one(options: Options, plugins: tuple[str, ...], threads: int, spec: dict, wait: bool) -> dict:
     """One cell in a worker: ``{"status": "done" | "busy" | "failed", ...}`` (never raises for a
     method's error, so the driver can retry it and record it)."""
-    from bench.running.cells import CellBusy, run_cell
-    from bench.sd.driver import ShardPending
-
     t0 = time.perf_counter()
     try:
-        row = run_cell(_worker_driver(ctx), _spec(spec), resume=True, wait=wait)
+        row = run_cell(_worker_driver(options, plugins, threads), _spec(spec), resume=True, wait=wait)
     except CellBusy as exc:
         return {"status": "busy", "who": exc.who}
     except ShardPending as exc:  # this shard of a concept cell is rendered; the cell completes later
@@ -97,68 +78,46 @@ def run_one(ctx: dict, spec: dict, wait: bool) -> dict:
             "summary": {k: row.get(k) for k in ("ua", "retain_acc", "fid", "unlearn_s", "grad_steps")}}
 
 
-def prepare(ctx: dict, specs: list[dict]) -> float:
+def prepare(options: Options, plugins: tuple[str, ...], threads: int, specs: list[dict]) -> float:
     """Build the cached assets these cells share (one base seed's base model, the classifier, Retrain)."""
-    from bench.running.cells import prepare_assets
-
     t0 = time.perf_counter()
-    prepare_assets(_worker_driver(ctx), [_spec(s) for s in specs])
+    prepare_assets(_worker_driver(options, plugins, threads), [_spec(s) for s in specs])
     return time.perf_counter() - t0
 
 
-def run_sweep(args) -> int:
+def run_sweep(options: Options, grid: Grid, sweep: SweepSettings) -> int:
     """The ``bench sweep`` command: plan, build shared assets, run missing cells, render."""
-    from bench.cli import Reports, plan_grid
-    from bench.errors import BenchError
-    from bench.store import cell_dir, is_complete
-
     try:
         import ray
     except ImportError:
         raise BenchError("bench sweep needs Ray: pip install 'ray>=2' (or pip install -e '.[sweep]')") from None
-    if args.cpus_per_cell < 1:
-        raise BenchError(f"--cpus-per-cell must be at least 1, got {args.cpus_per_cell}")
-    gpus = args.gpus_per_cell if args.gpus_per_cell is not None else (1.0 if args.device == "cuda" else 0.0)
+    if sweep.cpus_per_cell < 1:
+        raise BenchError(f"--cpus-per-cell must be at least 1, got {sweep.cpus_per_cell}")
+    gpus = sweep.gpus_per_cell if sweep.gpus_per_cell is not None else (1.0 if options.device == "cuda" else 0.0)
     if gpus < 0:
-        raise BenchError(f"--gpus-per-cell must be non-negative, got {args.gpus_per_cell}")
-    task, out, cache, driver, specs, names = plan_grid(args, threads=args.cpus_per_cell)
-    tdir = out / task.name
-    todo = [(s, n) for s, n in zip(specs, names) if not is_complete(cell_dir(out, task.name, n))]
-    print(f"bench sweep: {len(specs)} cell(s), {len(specs) - len(todo)} already complete, {len(todo)} to run",
+        raise BenchError(f"--gpus-per-cell must be non-negative, got {sweep.gpus_per_cell}")
+    plan = plan_grid(options, grid, threads=sweep.cpus_per_cell)
+    out, task = options.out, plan.task.name
+    tdir = out / task
+    todo = [(s, n) for s, n in zip(plan.specs, plan.names) if not is_complete(cell_dir(out, task, n))]
+    print(f"bench sweep: {len(plan.specs)} cell(s), {len(plan.specs) - len(todo)} already complete, {len(todo)} to run",
           file=sys.stderr)
     reports = Reports(tdir)
     if not todo:
         print(reports.finish())
         return 0
-    ctx = {"out": str(out.resolve()), "cache": str(Path(cache).resolve()), "device": args.device,
-           "task": task.name, "fid_backend": args.fid_backend, "threads": args.cpus_per_cell,
-           "plugins": [str(Path(p).resolve()) for p in args.plugins], "precision": args.precision,
-           "data_root": str(Path(args.data_root).resolve()) if args.data_root else None,
-           "base_model": str(Path(args.base_model).resolve()) if args.base_model else None,
-           "base_weights": args.base_weights, "pretrain_steps": args.pretrain_steps,
-           "fid_features": args.fid_features, "inception_weights": args.inception_weights,
-           "paper_compat": args.paper_compat, "unet": args.unet,
-           "classifier": str(Path(args.classifier).resolve()) if getattr(args, "classifier", None) else None,
-           # concept tasks: the cells of a sweep share one folder of prompt files, metric inputs and settings
-           "concept": {"prompts_dir": str(Path(args.prompts_dir).resolve()) if args.prompts_dir else None,
-                       "allow_pickle": args.allow_pickle, "base_label": args.base_label,
-                       "one_step_generator": args.one_step_generator,
-                       "options": {k: getattr(args, k) for k in ("imagenet_classifier", "clip_model", "coco_images",
-                                                                 "inception_weights")},
-                       "shard": args.shard,
-                       "forget_images": str(Path(args.forget_images).resolve()) if args.forget_images else None,
-                       "remain_images": str(Path(args.remain_images).resolve()) if args.remain_images else None}}
-    init = {"address": args.address, "include_dashboard": False, "log_to_driver": False, "logging_level": "warning",
+    plugins = tuple(str(p) for p in grid.plugins)
+    init = {"address": sweep.address, "include_dashboard": False, "log_to_driver": False, "logging_level": "warning",
             "runtime_env": {"env_vars": {"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}}}
-    if not args.address:
+    if not sweep.address:
         init["num_cpus"] = os.cpu_count() or 1
     t0 = time.perf_counter()
     try:
         ray.init(**init)
     except Exception as exc:  # noqa: BLE001 - an unreachable cluster is the user's setting
-        raise BenchError(f"cannot start or join Ray (--address {args.address or 'local'}): {exc}") from None
+        raise BenchError(f"cannot start or join Ray (--address {sweep.address or 'local'}): {exc}") from None
     try:
-        return _drive(ray, ctx, todo, gpus, args, tdir, out, task.name, t0, reports)
+        return _drive(ray, (options, plugins, sweep.cpus_per_cell), todo, gpus, sweep, tdir, out, task, t0, reports)
     finally:
         ray.shutdown()
 
@@ -171,18 +130,13 @@ def _slots(resources: dict, cpus: float, gpus: float) -> int:
     return max(1, n)
 
 
-def _drive(ray, ctx, todo, gpus, args, tdir, out, task, t0, reports) -> int:
-    from tqdm.auto import tqdm
-
-    from bench.errors import BenchError
-    from bench.store import clear_failure, record_failure
-
+def _drive(ray, worker: tuple, todo, gpus, sweep: SweepSettings, tdir, out, task, t0, reports) -> int:
     have = ray.cluster_resources()
-    for kind, need in (("CPU", args.cpus_per_cell), ("GPU", gpus)):
+    for kind, need in (("CPU", sweep.cpus_per_cell), ("GPU", gpus)):
         if need and have.get(kind, 0) < need:  # Ray would queue the cells forever
             raise BenchError(f"every cell asks for {need:g} {kind}(s) but the Ray cluster has {have.get(kind, 0):g}; "
                              f"lower --{kind.lower()}s-per-cell or add nodes")
-    opts = {"num_cpus": args.cpus_per_cell, "num_gpus": gpus, "max_retries": 0}
+    opts = {"num_cpus": sweep.cpus_per_cell, "num_gpus": gpus, "max_retries": 0}
     cell = ray.remote(**opts)(run_one)
     build = ray.remote(**opts)(prepare)
     specs = {n: asdict(s) for s, n in todo}
@@ -192,18 +146,18 @@ def _drive(ray, ctx, todo, gpus, args, tdir, out, task, t0, reports) -> int:
     # shared assets first: the classifier with the first base seed, then the other base seeds in parallel
     bases = sorted(by_base)
     try:
-        ray.get(build.remote(ctx, by_base[bases[0]]))
-        ray.get([build.remote(ctx, by_base[b]) for b in bases[1:]])
+        ray.get(build.remote(*worker, by_base[bases[0]]))
+        ray.get([build.remote(*worker, by_base[b]) for b in bases[1:]])
     except ray.exceptions.RayError as exc:
         cause = getattr(exc, "cause", None) or exc
         raise BenchError(f"building the shared assets failed: {type(cause).__name__}: {cause}") from None
     print(f"bench sweep: shared assets ready after {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
-    pending = {cell.remote(ctx, specs[n], False): (n, 1, False) for _, n in todo}
-    slots = _slots(have, args.cpus_per_cell, gpus)
+    pending = {cell.remote(*worker, specs[n], False): (n, 1, False) for _, n in todo}
+    slots = _slots(have, sweep.cpus_per_cell, gpus)
     done = failed = 0
     busy: list[str] = []
-    bar = tqdm(total=len(todo), desc="cells", disable=args.quiet, dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=len(todo), desc="cells", disable=sweep.quiet, dynamic_ncols=True, file=sys.stderr)
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -217,12 +171,12 @@ def _drive(ray, ctx, todo, gpus, args, tdir, out, task, t0, reports) -> int:
                 busy.append(name)
                 if not pending:  # only cells other processes are computing remain: wait for them now
                     for b in busy:
-                        pending[cell.remote(ctx, specs[b], True)] = (b, 1, True)
+                        pending[cell.remote(*worker, specs[b], True)] = (b, 1, True)
                     busy = []
                 continue
             if res["status"] == "failed" and attempt < 2:
                 print(f"bench sweep: {name} failed ({res['error']}); retrying once", file=sys.stderr)
-                pending[cell.remote(ctx, specs[name], waited)] = (name, attempt + 1, waited)
+                pending[cell.remote(*worker, specs[name], waited)] = (name, attempt + 1, waited)
                 continue
             if res["status"] == "failed":
                 failed += 1

@@ -16,8 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from bench.hashing import content_hash
+from bench.core.cache import build_asset
+from bench.core.errors import BenchError
+from bench.core.hashing import content_hash
 from bench.sd.prompts import Request
 
 
@@ -39,8 +42,6 @@ def generation_requests(prompts: list[str], n: int, data_seed: int, offset: int,
 
 def generate(sampler, requests: list[Request], folder: Path, key: dict, log=None) -> tuple[torch.Tensor, dict]:
     """Images of ``requests`` from the base-model ``sampler``, cached in ``folder / gen-<hash>``."""
-    from bench.assets import _build
-
     target = folder / f"gen-{content_hash(key, 12)}"
 
     def build(tmp: Path) -> dict:
@@ -52,7 +53,7 @@ def generate(sampler, requests: list[Request], folder: Path, key: dict, log=None
         (tmp / "prompts.json").write_text(json.dumps([r.prompt for r in requests]))
         return {"kind": "generated", "key": key, "n": len(requests), "seconds": time.perf_counter() - t0}
 
-    meta = _build(target, build, "generated training images")
+    meta = build_asset(target, build, "generated training images")
     with np.load(target / "images.npz") as f:
         imgs = torch.from_numpy(f["images"].copy())
     return imgs, {"gen_seconds": meta["seconds"], "gen_hash": meta["files"]["images.npz"][:16],
@@ -92,10 +93,6 @@ def generated_data(sampler, prompts, n_forget: int, n_remain: int, data_seed: in
 def read_concept_images(folder: Path, px: int) -> torch.Tensor:
     """Every image under ``folder`` (sorted by name) as uint8 RGB ``(N, 3, px, px)``: the shorter side resized
     to ``px`` (bicubic), then a centre crop, as the SalUn reference prepares Imagenette."""
-    from PIL import Image
-
-    from bench.errors import BenchError
-
     exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
     files = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in exts)
     if not files:
@@ -120,8 +117,6 @@ def user_images(task, k: int, px: int, forget_dir: Path | None, remain_dir: Path
     """``--forget-images`` / ``--remain-images``: D_f from ``<dir>/<concept>/`` (or ``<dir>`` itself), captioned with
     the forget prompt; D_r from the sub-folders of ``<dir>`` named after the task's other concepts (each with that
     concept's forget prompt as caption), or from every image of ``<dir>`` with the task's remain prompts."""
-    from bench.errors import BenchError
-
     given: dict = {}
     prompts = task.prompts(k)
     if forget_dir is not None:

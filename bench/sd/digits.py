@@ -11,38 +11,23 @@ models, that every concept method loads like a user's Stable Diffusion folder.
 from __future__ import annotations
 
 import math
+import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-
-def caption(k: int) -> str:
-    return f"a handwritten digit {DIGIT_NAMES[k]}"
-
-
-@dataclass(frozen=True)
-class DigitsSDRecipe:
-    px: int = 16
-    unet_channels: tuple[int, int] = (32, 64)
-    vae_steps: int = 400
-    vae_lr: float = 2e-3
-    vae_kl: float = 1e-5
-    unet_steps: int = 2000
-    unet_lr: float = 1e-3
-    batch: int = 64
-    p_drop: float = 0.1
-    seed: int = 0
+from bench.sd.latent import ldm_loss, scaled_linear_alphas
+from bench.sd.micro import build_micro_sd, write_char_tokenizer
+from bench.tasks.digits import DIGITS
+from bench.tasks.sd import DigitsSDRecipe, caption
 
 
 def digit_images(px: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """Digits in [-1, 1] as (N, 3, px, px) RGB, with labels (the digits task's stratified split)."""
-    from bench.tasks.digits import DIGITS
-
     s = DIGITS.load_splits()
     x, y = (s.train_x, s.train_y) if split == "train" else (s.test_x, s.test_y)
     x = F.interpolate(x, size=(px, px), mode="bilinear", align_corners=False).clamp(-1, 1)
@@ -57,9 +42,6 @@ def to_digits_space(imgs_u8: torch.Tensor) -> torch.Tensor:
 
 def train_digits_sd(out: Path, recipe: DigitsSDRecipe, log=print) -> dict:
     """Train the VAE then the UNet and save the pipeline to ``out`` (a diffusers folder); returns the meta."""
-    from bench.sd.latent import ldm_loss, scaled_linear_alphas
-    from bench.sd.micro import build_micro_sd, write_char_tokenizer
-
     torch.manual_seed(recipe.seed)
     g = torch.Generator().manual_seed(recipe.seed)
     x, y = digit_images(recipe.px)
@@ -69,7 +51,6 @@ def train_digits_sd(out: Path, recipe: DigitsSDRecipe, log=print) -> dict:
     t0 = time.perf_counter()
 
     # 1. the VAE: reconstruction + a small KL, so latents carry the digit and stay near N(0, s^2)
-    from tqdm.auto import tqdm
 
     vae.train()
     opt = torch.optim.Adam(vae.parameters(), lr=recipe.vae_lr)
@@ -127,7 +108,6 @@ def train_digits_sd(out: Path, recipe: DigitsSDRecipe, log=print) -> dict:
     unet_s = time.perf_counter() - t1
     unet.eval()
     pipe.save_pretrained(out, safe_serialization=True)
-    import shutil
 
     shutil.rmtree(out / "tokenizer")
     write_char_tokenizer(out / "tokenizer")

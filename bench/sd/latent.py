@@ -3,7 +3,7 @@ context, the sampler and the harness-trained tiny models.
 
 The loss here is SD's **element mean** over every latent element (CompVis ``p_losses``), not the
 sum-over-pixels ``L_simple`` of the class tasks: the two differ by the latent size (16,384x at 512 px),
-so the class helper in :mod:`bench.diffusion` is never reused for concepts.
+so the class helper in :mod:`bench.models.diffusion` is never reused for concepts.
 """
 
 from __future__ import annotations
@@ -48,6 +48,11 @@ class SDModel:
     def latent_shape(self, px: int) -> tuple[int, int, int]:
         f = self.vae_scale_factor
         return (int(self.unet.config.in_channels), px // f, px // f)
+
+    def clear_text_cache(self) -> None:
+        """Forget the cached embeddings, so the text-encoder passes a cell is charged for do not depend on the
+        cells run before it in the same process."""
+        self._text_cache.clear()
 
     @torch.no_grad()
     def text(self, prompts: list[str] | tuple[str, ...]) -> Tensor:

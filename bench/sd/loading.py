@@ -1,6 +1,6 @@
 """Validating and loading a user's Stable Diffusion v1.x diffusers folder (spec sd-concepts.md §0.2, §2.1).
 
-Every validation failure is one :class:`~bench.errors.BenchError` line naming the missing or wrong item.
+Every validation failure is one :class:`~bench.core.errors.BenchError` line naming the missing or wrong item.
 Configs are read and checked before weight files are looked at, so config-only folders can be checked.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from bench.errors import BenchError
-from bench.hashing import file_sha256
+from bench.core.errors import BenchError
+from bench.core.hashing import file_sha256
 
 # ---------------------------------------------------------------------------------------------- constants
 

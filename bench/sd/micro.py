@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from bench.hashing import make_temp_dir
+from bench.core.hashing import make_temp_dir
 
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import torch
 
-from bench.errors import BenchError
+from bench.core.cache import default_cache_root
+from bench.core.errors import BenchError
+from bench.core.hashing import file_sha256
+from bench.tasks.sd import IMAGENETTE_CLASSES
 
 # file name -> where the file comes from (shared/data/README.md); all MIT-licensed
 PROMPT_FILES: dict[str, str] = {
@@ -34,8 +37,6 @@ PROMPT_FILES: dict[str, str] = {
 }
 
 # concept order of sd-object (= imagenette-eval's classidx)
-IMAGENETTE_CLASSES = ("tench", "english springer", "cassette player", "chain saw", "church", "french horn",
-                      "garbage truck", "gas pump", "golf ball", "parachute")
 
 I2P_GUIDANCE = ("fixed", "per_row")
 _MAX_SEED = 2**64  # torch.Generator.manual_seed takes any unsigned 64-bit value
@@ -48,8 +49,6 @@ _MAX_SEED = 2**64  # torch.Generator.manual_seed takes any unsigned 64-bit value
 def find_prompts_dir(explicit: Path | None = None) -> Path:
     """The prompts folder: ``explicit`` (``--prompts-dir``), else ``$BENCH_PROMPTS``, else
     ``<cache>/prompts``; the first of these that is an existing folder wins."""
-    from bench.assets import default_cache_root
-
     looked: list[str] = []
     candidates: list[Path] = []
     if explicit is not None:
@@ -345,8 +344,6 @@ def eval_set(name: str, prompts_dir: Path, *, limit: int | None = None, images_p
         raise BenchError(f"classes= filters imagenette sets only, not {name}")
     if artists is not None and name != "styles-big-artists":
         raise BenchError(f"artists= filters styles-big-artists only, not {name}")
-
-    from bench.hashing import file_sha256
 
     path = prompt_file(prompts_dir, file)
     digest = file_sha256(path)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from bench.generators import eval_mode
+from bench.models.generators import eval_mode
 from bench.sd.latent import SDModel, ddim_sample
 from bench.sd.prompts import initial_noise
 

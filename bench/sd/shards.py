@@ -19,15 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from bench.hashing import atomic_write_json, file_sha256, make_temp_file
+from bench.core.hashing import atomic_write_json, file_sha256, make_temp_file
 
 FIELDS = ("case_number", "k", "prompt", "seed", "guidance", "file", "sha256")
 
 
 def _png(img: torch.Tensor, path: Path) -> None:
-    from PIL import Image
-
     tmp = make_temp_file(path.parent, path.name, ".tmp.png")
     try:
         Image.fromarray(img.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
@@ -38,8 +37,6 @@ def _png(img: torch.Tensor, path: Path) -> None:
 
 
 def read_png(path: Path) -> torch.Tensor:
-    from PIL import Image
-
     with Image.open(path) as im:
         return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
 

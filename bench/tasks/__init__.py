@@ -7,7 +7,9 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from bench.registry import Registry
+from bench.core.errors import BenchError
+from bench.core.registry import Registry
+from bench.models.classifiers import build_classifier
 
 
 @dataclass(frozen=True)
@@ -118,13 +120,9 @@ class Task:
         raise NotImplementedError
 
     def make_classifier(self) -> nn.Module:
-        from bench.models.classifiers import build_classifier
-
         return build_classifier(self.classifier_arch, self.channels, self.num_classes)
 
     def profile(self, name: str) -> Profile:
-        from bench.errors import BenchError
-
         if name not in self.profiles:
             raise BenchError(f"task {self.name!r} has no profile {name!r}; available: {', '.join(self.profiles)}")
         return self.profiles[name]
@@ -145,12 +143,3 @@ TASKS.add("sd-celebrity", "bench.tasks.sd:SD_CELEBRITY")
 def get_task(name: str) -> Task:
     task = TASKS.get(name)
     return task() if isinstance(task, type) else task
-
-
-def split_by_class(x: Tensor, y: Tensor, cls: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(x_f, y_f, x_r, y_r)``: the forget class and everything else."""
-    m = y == cls
-    return x[m], y[m], x[~m], y[~m]
-
-
-

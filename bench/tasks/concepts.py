@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.core.errors import BenchError
+
 
 @dataclass(frozen=True)
 class ConceptPrompts:
@@ -53,6 +55,7 @@ class ConceptProfile:
     n_probes: int = 0  # probes of the concept metric during unlearning (tasks with a probe only)
     probe_rows: int = 4
     ua_target: float = 0.9  # time-to-target threshold on the probe UA
+    ttt_resolution: float = 0.02  # weight snapshots for the time-to-target bisection, as a fraction of the budget
     eval_batch: int = 16
     dtype_sample: str = "fp32"  # "fp16" on CUDA for SD v1.x; always fp32 on a CPU
     i2p_guidance: str = "fixed"  # "fixed" (s for every row, as ESD/SalUn/SA) or "per_row" (I2P's own)
@@ -97,15 +100,11 @@ class ConceptTask:
         return (forget + 1) % self.num_classes if self.num_classes > 1 else forget
 
     def profile(self, name: str) -> ConceptProfile:
-        from bench.errors import BenchError
-
         if name not in self.profiles:
             raise BenchError(f"task {self.name!r} has no profile {name!r}; available: {', '.join(self.profiles)}")
         return self.profiles[name]
 
     def concept_index(self, name: str) -> int:
-        from bench.errors import BenchError
-
         low = {c.lower(): i for i, c in enumerate(self.concepts)}
         if name.strip().lower() not in low:
             raise BenchError(f"task {self.name!r} has no concept {name!r}; concepts: {', '.join(self.concepts)}")

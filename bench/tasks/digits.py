@@ -12,7 +12,7 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from bench.nets import SmallClassifier
+from bench.models.nets import SmallClassifier
 from bench.tasks import ClassifierRecipe, Profile, Recipe, Splits, Task
 
 SPLIT_SEED = 0

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.core.cache import default_cache_root
+from bench.datasets import resize_images, resolve_dataset
 from bench.tasks import Splits, Task
 
 
@@ -29,9 +31,6 @@ class ImageTask(Task):
 
     def bind(self, data_root: Path | None, cache_root: Path | None) -> ImageTask:
         """A copy of the task holding its resolved data; ``dataset_variant`` and ``data_info`` are set."""
-        from bench.assets import default_cache_root
-        from bench.datasets import resolve_dataset
-
         images = resolve_dataset(self.dataset, Path(data_root) if data_root else None,
                                  Path(cache_root) if cache_root else default_cache_root())
         bound = dataclasses.replace(self)
@@ -50,8 +49,6 @@ class ImageTask(Task):
         im = task._images
         tx, ty, vx, vy = im.train_x, im.train_y, im.test_x, im.test_y
         if self.resize and tx.shape[-1] != self.resize:
-            from bench.datasets import resize_images
-
             tx, vx = resize_images(tx, self.resize), resize_images(vx, self.resize)
         if self.combine_split is not None:
             x, y = np.concatenate([tx, vx]), np.concatenate([ty, vy])

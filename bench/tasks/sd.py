@@ -11,9 +11,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.sd.digits import DIGIT_NAMES, DigitsSDRecipe, caption
-from bench.sd.prompts import IMAGENETTE_CLASSES
 from bench.tasks.concepts import ConceptProfile, ConceptPrompts, ConceptTask, EvalPlan
+
+IMAGENETTE_CLASSES = ("tench", "english springer", "cassette player", "chain saw", "church", "french horn",
+                      "garbage truck", "gas pump", "golf ball", "parachute")
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def caption(k: int) -> str:
+    return f"a handwritten digit {DIGIT_NAMES[k]}"
+
+
+@dataclass(frozen=True)
+class DigitsSDRecipe:
+    px: int = 16
+    unet_channels: tuple[int, int] = (32, 64)
+    vae_steps: int = 400
+    vae_lr: float = 2e-3
+    vae_kl: float = 1e-5
+    unet_steps: int = 2000
+    unet_lr: float = 1e-3
+    batch: int = 64
+    p_drop: float = 0.1
+    seed: int = 0
+
 
 ARTISTS = ("Van Gogh", "Pablo Picasso", "Rembrandt", "Andy Warhol", "Caravaggio")
 CELEBRITIES = ("Brad Pitt", "Angelina Jolie")
@@ -25,7 +46,7 @@ SMOKE = ConceptProfile("smoke", px=16, sampler_steps=10, guidance=7.5, n_forget_
                        eval_batch=16, needs_base_model=False, est_seconds_cpu=60,
                        description="micro SD from configs (random weights), 16 px, DDIM 10, 4 rows per set: "
                                    "the pipeline end to end in seconds; forgets nothing")
-SD_SMOKE_METHOD_SIZES = {"*": {"batch": 2}, "sa": {"n_fisher": 2, "fisher_timesteps": 2}}
+SD_SMOKE_METHOD_SIZES = {"*": {"batch": 2}, "sa": {"fim_images": 1, "fim_timesteps": 2}}
 SMOKE = ConceptProfile(**{**SMOKE.__dict__, "method_overrides": SD_SMOKE_METHOD_SIZES})
 
 
@@ -177,7 +198,7 @@ SD_DIGITS = DigitsConceptTask(
         "smoke": ConceptProfile("smoke", px=16, sampler_steps=10, guidance=7.5, n_forget_images=0,
                                 n_remain_images=0, eval_batch=200, needs_base_model=False, est_seconds_cpu=60,
                                 n_probes=2, probe_rows=32,
-                                method_overrides={"*": {"batch": 16}, "sa": {"n_fisher": 8, "fisher_timesteps": 4}},
+                                method_overrides={"*": {"batch": 16}, "sa": {"fim_images": 1, "fim_timesteps": 4}},
                                 description="tests: short method budgets, 64 forget and 16 per remaining digit"),
         "fast": ConceptProfile("fast", px=16, sampler_steps=10, guidance=7.5, n_forget_images=0, n_remain_images=0,
                                eval_batch=200, needs_base_model=False, est_seconds_cpu=180, n_probes=4,

@@ -64,7 +64,7 @@ def build(model: str, device: torch.device, dtype: torch.dtype, cache: Path):
 
         folder, px = micro_sd_dir(cache), 16
     else:
-        from bench.sd.assets import ConceptAssets
+        from bench.assets.concepts import ConceptAssets
         from bench.tasks import get_task
 
         task = get_task("sd-digits")
@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--cache", default=None)
     ap.add_argument("--json", default=None, help="also write the results to this file")
     a = ap.parse_args()
-    from bench.assets import default_cache_root
+    from bench.core.cache import default_cache_root
 
     device = torch.device(a.device)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[a.dtype]

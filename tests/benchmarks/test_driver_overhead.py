@@ -11,8 +11,9 @@ import time
 
 import torch
 
-from bench.data import batch_stream
+from bench.datasets.streams import batch_stream
 from bench.method import METHODS, resolve_config
+from bench.tasks.digits import DIGITS
 
 STEPS = 40
 
@@ -37,7 +38,7 @@ def _driver_ga(make_ctx, steps: int) -> None:
     cls = METHODS.get("ga")
     ctx = make_ctx()
     with ctx.counts.counting_optimizer_steps():
-        cls(resolve_config(cls, "digits-class", "smoke", iters=steps)).unlearn(ctx)
+        cls(resolve_config(cls, DIGITS, DIGITS.profile("smoke"), iters=steps)).unlearn(ctx)
     assert ctx.counts.optimizer_steps == steps
 
 

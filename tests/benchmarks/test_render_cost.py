@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.hashing import content_hash
+from bench.core.hashing import content_hash
 from bench.reports import Reporter, render
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,11 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.diffusion import Diffusion  # noqa: E402
+from bench.assets.training import make_optimizer  # noqa: E402
+from bench.core.precision import Precision  # noqa: E402
+from bench.models.diffusion import Diffusion  # noqa: E402
 from bench.models.factory import build_unet  # noqa: E402
-from bench.precision import Precision  # noqa: E402
 from bench.tasks import get_task  # noqa: E402
-from bench.train import make_optimizer  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

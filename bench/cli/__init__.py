@@ -1,0 +1,53 @@
+"""``python -m bench``: run cells, sweep them over Ray, pretrain base models, list the registries, re-render
+tables. One module per subcommand; each adds its parser and the function that runs it.
+
+User mistakes (unknown names, a bad forget class, a missing folder) print one line and exit 2;
+results and tables go to files, the final table to stdout, progress and logs to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from bench.cli import list as list_cmd
+from bench.cli import pretrain, run, sweep, table
+from bench.core.errors import BenchError
+
+SUBCOMMANDS = (run, sweep, pretrain, list_cmd, table)
+DESCRIPTION = ("One harness for machine unlearning in diffusion models: run unlearning methods on a task, sweep "
+               "them over Ray, pretrain base models, list what is registered, re-render tables.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=DESCRIPTION)
+    sub = p.add_subparsers(dest="subcommand", required=True, metavar="{run,sweep,pretrain,list,table}")
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return p
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore", message=".*accelerate.*")
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch_fidelity")
+    from diffusers.utils import logging  # heavy: only once a command runs
+
+    logging.set_verbosity_error()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        os.environ["TQDM_DISABLE"] = "1"  # read by tqdm at import: silences pretraining bars too
+    try:
+        _quiet_libraries()
+        return args.command(args)
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; completed cells are saved and will be skipped on the next run", file=sys.stderr)
+        return 130
