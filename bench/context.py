@@ -130,7 +130,11 @@ class UnlearnContext(RunRecords):
 
     @property
     def diffusion(self):
-        """The pixel DDPM's schedule and helpers (class tasks; concept tasks have no pixel diffusion)."""
+        """The pixel DDPM's schedule and helpers (class tasks; a method written for both kinds of task uses
+        the family's calls below instead)."""
+        if self.kind != "class":
+            raise BenchError("ctx.diffusion is the pixel DDPM of class tasks; on a concept task use ctx.loss, "
+                             "ctx.eps, ctx.q_sample, ctx.timesteps and ctx.guided_eps")
         return self.family.diffusion
 
     # --- models ------------------------------------------------------------------------------
@@ -182,14 +186,14 @@ class UnlearnContext(RunRecords):
         """The parameters a method trains: ``full`` (every one), ``auto`` (the task's choice for the method
         ``auto`` names: ESD-u or ESD-x by concept, SA's ``noxattn`` for nudity) or, on text-to-image UNets,
         ``xattn``, ``noxattn``, ``esd-u-2024``. Only they keep ``requires_grad``."""
-        chosen = self.family.param_set(net, name, auto)
+        resolved = self.family.resolve_param_set(name, auto)
+        chosen = self.family.param_set(net, resolved)
         keep = {id(p) for _, p in chosen}
         for p in net.parameters():
             p.requires_grad_(id(p) in keep)
         params = [p for _, p in chosen]
-        if name != "full":
-            self.record(param_set=name if name != "auto" else f"auto ({len(params)} tensors)",
-                        trainable_params=sum(p.numel() for p in params))
+        if self.kind == "concept" or resolved != "full":  # class rows train every weight, as they always did
+            self.record(param_set=resolved, trainable_params=sum(p.numel() for p in params))
         return params
 
     # --- data ----------------------------------------------------------------------------------

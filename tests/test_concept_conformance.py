@@ -77,3 +77,10 @@ def test_concept_cells_resolve_the_time_to_target_to_one_snapshot_interval(name,
     with open(driver.out / "sd-digits" / "runs" / row["cell"] / "curve.csv") as f:
         curve = {int(float(r["iter"])): float(r["ua"]) for r in csv.DictReader(f)}
     assert curve[int(hit)] >= target and curve[int(hit) - interval] < target, (hit, interval, curve)
+
+
+@pytest.mark.slow
+def test_concept_rows_record_the_parameter_set_they_trained(rows):
+    """``params="auto"`` resolves to the task's choice, and the row says which: ESD-u (``noxattn``) on digits."""
+    assert rows("esd")["info_param_set"] == "noxattn" and rows("rl")["info_param_set"] == "full"
+    assert 0 < rows("esd")["info_trainable_params"] < rows("rl")["info_trainable_params"]

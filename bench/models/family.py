@@ -133,10 +133,14 @@ class PixelFamily(PixelOps):
     def base(self, weights: str = "raw") -> nn.Module:
         return self.assets.base(weights)
 
-    def param_set(self, net: nn.Module, name: str, auto: str = "full") -> list[tuple[str, nn.Parameter]]:
-        """Every parameter (``full``, or ``auto``); the named subsets of text-to-image UNets do not apply."""
+    def resolve_param_set(self, name: str, auto: str = "full") -> str:
+        """Class U-Nets train every parameter (``full``, which ``auto`` means here); the named subsets of
+        text-to-image UNets do not apply."""
         if name not in ("full", "auto"):
             raise BenchError(f"parameter set {name!r} applies to text-to-image UNets; class tasks train 'full'")
+        return "full"
+
+    def param_set(self, net: nn.Module, name: str) -> list[tuple[str, nn.Parameter]]:
         return list(net.named_parameters())
 
     def tracked(self) -> list[tuple[nn.Module, str]]:

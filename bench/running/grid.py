@@ -12,7 +12,7 @@ import torch
 
 from bench.core.errors import BenchError
 from bench.core.paths import ensure_writable_dir
-from bench.engine.driver import CellSpec, Driver
+from bench.engine.driver import CellSpec, Driver, resolve_task
 from bench.engine.options import Grid, Options
 from bench.engine.plugins import load_all
 from bench.method import METHODS, parse_value, supports
@@ -55,14 +55,15 @@ def plan_grid(options: Options, grid: Grid, threads: int | None = None, log=None
     """Validate the options and every cell of the grid before any compute is spent. User mistakes raise
     BenchError."""
     load_all(grid.plugins)
+    kind = getattr(resolve_task(grid.task, options), "kind", "class")  # names first: a typo creates no folder
+    methods = METHODS.resolve_list(grid.methods)
+    extra = tuple(METRICS.resolve_list(grid.metrics)) if grid.metrics.strip() else ()
+    _check_paths(options)
     ensure_writable_dir(options.out, "--out")
     ensure_writable_dir(options.cache, "the asset cache (--cache or $BENCH_CACHE)")
-    _check_paths(options)
     driver = Driver(options, log=log)
     task = driver.task(grid.task)  # the task, its options applied, bound to its data: a missing dataset is one message
     profile = driver.profile(task, grid.profile)
-    kind = getattr(task, "kind", "class")
-    methods = METHODS.resolve_list(grid.methods)
     if grid.methods.strip().lower() == "all":  # reference rows first, so a partial run already has its anchors
         methods = [m for m in methods if supports(METHODS.get(m), kind)]
         methods.sort(key=lambda m: (not METHODS.get(m).reference_row, m))
@@ -75,7 +76,6 @@ def plan_grid(options: Options, grid: Grid, threads: int | None = None, log=None
         if options.base_model:  # the checkpoint against the task's architecture, before any work
             load_base_model(options.base_model, {"arch": task.arch, "config": profile.unet_config or task.unet_config},
                             task.num_classes, weights=options.base_weights)
-    extra = tuple(METRICS.resolve_list(grid.metrics)) if grid.metrics.strip() else ()
     classes = list(grid.forget_classes) or [task.default_forget]
     if grid.concepts:
         if grid.forget_classes:

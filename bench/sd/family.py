@@ -61,12 +61,16 @@ class TextFamily:
     def base(self, weights: str = "final") -> nn.Module:
         return clone_without_hooks(self.model.unet)
 
-    def param_set(self, net: nn.Module, name: str, auto: str = "full") -> list[tuple[str, nn.Parameter]]:
-        """A named UNet parameter set (:func:`bench.sd.loading.param_set`); ``auto`` is the task's choice for
-        the method (``esd``: ESD-u or ESD-x by concept; ``sa``: ``noxattn`` for nudity, else ``full``)."""
-        if name == "auto":
-            name = {"esd": self.prompts.esd_params,
-                    "sa": "noxattn" if self.task.family == "nudity" else "full"}.get(auto, auto)
+    def resolve_param_set(self, name: str, auto: str = "full") -> str:
+        """``auto`` is the task's choice for the method ``auto`` names (``esd``: ESD-u or ESD-x by concept;
+        ``sa``: ``noxattn`` for nudity, else ``full``); other names are themselves."""
+        if name != "auto":
+            return name
+        choices = {"esd": self.prompts.esd_params, "sa": "noxattn" if self.task.family == "nudity" else "full"}
+        return choices.get(auto, auto)
+
+    def param_set(self, net: nn.Module, name: str) -> list[tuple[str, nn.Parameter]]:
+        """A named UNet parameter set (:func:`bench.sd.loading.param_set`)."""
         return param_set(net, name)
 
     def tracked(self) -> list[tuple[nn.Module, str]]:
