@@ -62,7 +62,7 @@ def test_table_rerenders_from_stored_runs(run_out, cache_root):
     assert r.returncode == 0 and (out / "digits-class" / "table.md").is_file() and "**ga**" in r.stdout
 
 
-@pytest.mark.parametrize("args, needle", [
+USER_MISTAKES = [
     (("run", "--methods", "salnu", "--task", "digits-class"), "unknown method 'salnu'. Did you mean salun"),
     (("run", "--methods", "ga", "--task", "digit-class"), "unknown task 'digit-class'. Did you mean digits-class?"),
     (("run", "--methods", "ga", "--task", "digits-class", "--forget-class", "12"), "--forget-class must be in 0..9"),
@@ -70,13 +70,29 @@ def test_table_rerenders_from_stored_runs(run_out, cache_root):
     (("run", "--methods", "ga", "--task", "digits-class", "--set", "ga.lrr=1"), "has no option lrr"),
     (("run", "--methods", "ga", "--task", "digits-class", "--metrics", "fdi"), "unknown metric 'fdi'"),
     (("table", "/nonexistent/folder"), "no such folder"),
-])
-def test_user_mistakes_get_one_line_and_exit_2(args, needle, cache_root):
-    r = bench(*args, cache=cache_root)
-    assert r.returncode == 2
-    assert needle in r.stderr
-    assert "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+]
+
+
+@pytest.mark.parametrize("args, needle", USER_MISTAKES)
+def test_user_mistakes_get_one_line_and_exit_2(args, needle, cache_root, capsys, monkeypatch):
+    """In-process (``bench.cli.main``, what ``python -m bench`` calls), to spare a Python start per case; the
+    first case also runs as a subprocess, as a user runs it."""
+    from bench.cli import main
+
+    monkeypatch.setenv("BENCH_CACHE", str(cache_root))
+    if args == USER_MISTAKES[0][0]:
+        r = bench(*args, cache=cache_root)
+        code, err = r.returncode, r.stderr
+    else:
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+        err = capsys.readouterr().err
+    assert code == 2
+    assert needle in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_list_commands(cache_root, tmp_path):

@@ -543,7 +543,11 @@ N_CONCEPT_KILLS = max(2, N_KILLS // 4)
 
 
 @pytest.fixture(scope="module")
-def concept_ref(tmp_path_factory, cache_root):
+def concept_ref(tmp_path_factory, cache_root, driver):
+    from bench.tasks import get_task
+
+    # the model is built first, so the reference time (the range of kill times) is a cell's, not a build's
+    driver.assets(get_task(CONCEPT), "smoke").prepare()
     out = tmp_path_factory.mktemp("concept-reference")
     rc, err, secs = run(out, *CONCEPT_FULL, cache=cache_root, log=out / "ref", traced=False, grid=CONCEPT_GRID)
     assert rc == 0, err

@@ -87,7 +87,8 @@ def plan_grid(options: Options, grid: Grid, threads: int | None = None, log=None
     if grid.steps is not None and grid.steps < 0:
         raise BenchError(f"--steps must be non-negative, got {grid.steps}")
     if options.device == "cpu":
-        torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
+        # OMP_NUM_THREADS, where set, is the user's (or a scheduler's) share of the cores
+        torch.set_num_threads(threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, os.cpu_count() or 1))
     specs = [CellSpec(task.name, m, c, s, grid.profile, sets[m], grid.steps, extra, base_seed=b)
              for b in grid.base_seeds for c in classes for s in grid.seeds for m in methods]
     names = [driver.plan(spec).name for spec in specs]
