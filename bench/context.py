@@ -236,6 +236,24 @@ class UnlearnContext(RunRecords):
         """``n`` copies of a condition: ``forget``, ``cover``, ``erase`` (ESD), ``sa_forget`` (SA) or ``null``."""
         return self.family.cond(role, n, generator)
 
+    def text(self, prompts: list[str] | tuple[str, ...] | str, n: int | None = None) -> Tensor:
+        """Text-to-image tasks: the frozen text encoder's embeddings (B, 77, D) of any prompts."""
+        return self._text_family("text").text(prompts, n)
+
+    def token_lengths(self, prompts: list[str] | tuple[str, ...]) -> list[int]:
+        """Text-to-image tasks: each prompt's token count with its start and end tokens."""
+        return self._text_family("token_lengths").token_lengths(prompts)
+
+    @property
+    def prompts(self) -> Any:
+        """Text-to-image tasks: the cell's prompts (``erase``, ``forget``, ``cover``, ``remain``, ...)."""
+        return self._text_family("prompts").prompts
+
+    def _text_family(self, what: str) -> Any:
+        if self.kind != "concept":
+            raise BenchError(f"ctx.{what} is for text-to-image (concept) tasks; this is a {self.kind} task")
+        return self.family
+
     def encode(self, x: Tensor) -> Tensor:
         """Model input of images: the identity (class tasks) or VAE latents (concept tasks)."""
         return self.family.encode(x)

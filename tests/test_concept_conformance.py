@@ -21,6 +21,9 @@ CONCEPT = [m for m in methods_for("concept") if METHODS.get(m).__module__.starts
 NEEDS_GENERATOR = {"sfd", "pecker"}
 UNLEARNING = [m for m in CONCEPT if not METHODS.get(m).reference_row and m not in NEEDS_GENERATOR]
 UA_GAIN = 0.3  # over the Original's UA, on 64 forget-caption images
+# the concept erasers added with the field's table are held to the stricter bar of their issue
+ERASERS = {"uce", "ca", "sld"}
+ERASER_UA_GAIN, ERASER_RETAIN = 0.5, 0.6
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +44,30 @@ def test_the_base_model_draws_the_requested_digits(rows):
     assert row["grad_steps"] == 0 and row["guidance_form"] == "s"
 
 
+def _known(name: str):
+    """Erasers with a stated reason not to meet the bar on sd-digits run as strict expected failures."""
+    reasons = METHODS.get(name).expected_failures if name in ERASERS else {}
+    if not reasons:
+        return name
+    return pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="; ".join(reasons.values())))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", UNLEARNING)
+@pytest.mark.parametrize("name", [_known(m) for m in UNLEARNING])
 def test_concept_method_forgets_within_its_budget(name, rows):
     row, base = rows(name), rows("original")
+    per_iter = METHODS.get(name).steps_per_iter  # 0: a closed-form edit (UCE) or no training (SLD)
     assert row["status"] != "skipped"
-    assert row["grad_steps"] == row["expected_steps"] == row["iters"] > 0
+    assert row["grad_steps"] == row["expected_steps"] == row["iters"] * per_iter
+    assert row["iters"] > 0 or name == "sld"
     assert row["backward_passes"] >= row["grad_steps"]
     for key in ("ua", "retain_acc", "fid", "unlearn_s", "nfe"):
         assert math.isfinite(row[key]), key
-    assert row["nfe"] == row["nfe_declared"] == 2 * row["sampler_steps"]
+    passes = 3 if name == "sld" else 2  # SLD adds the safety concept's prediction to every step
+    assert row["nfe"] == row["nfe_declared"] == passes * row["sampler_steps"]
     assert row["ua"] >= base["ua"] + UA_GAIN, (row["ua"], base["ua"])
+    if name in ERASERS:
+        assert row["ua"] >= base["ua"] + ERASER_UA_GAIN and row["retain_acc"] >= ERASER_RETAIN, row
 
 
 @pytest.mark.parametrize("name", sorted(NEEDS_GENERATOR & set(CONCEPT)))

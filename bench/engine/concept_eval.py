@@ -29,6 +29,7 @@ from bench.engine.outcome import Evaluated, Unlearned
 from bench.engine.probes import DigitsConceptProbe
 from bench.metric import METRICS, ConceptEvalContext
 from bench.sd import shards
+from bench.sd.safe import restore
 from bench.sd.sampler import PromptSampler
 
 
@@ -76,7 +77,9 @@ class ConceptEvaluation:
                 self.driver.log(f"{self.cell.name}: reusing the unlearned UNet from {self.unet_file} (cost measured "
                                 f"when it was trained)")
                 net = _unet_with(self.assets.model().unet, state)
-                return Unlearned(self._sampler(net, cost.get("sampler", {}).get("weights", "final")), cost, True)
+                described = cost.get("sampler", {})
+                return Unlearned(restore(self._sampler(net, described.get("weights", "final")), described), cost,
+                                 True)
             un = compute()
             if un.generator is not None:
                 self._save(un)
@@ -105,6 +108,8 @@ class ConceptEvaluation:
         sample_s, nfe, peak_sample = 0.0, math.nan, 0.0
         if un.generator is not None:
             sampler = self._sampler(un.generator.net, un.generator.weights)
+            if hasattr(un.generator, "on"):  # the method's guidance rule (SLD) over the evaluation settings
+                sampler = un.generator.on(sampler)
             shards.prepare(self.render_dir, {"cell": cell.name, "weights": un.cost.get("weights_sha256", ""),
                                              "sampler": sampler.describe()})
             counts = Counts()

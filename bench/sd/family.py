@@ -83,6 +83,9 @@ class TextFamily:
             prompts = [prompts] * (n or 1)
         return self.model.text(list(prompts))
 
+    def token_lengths(self, prompts: list[str] | tuple[str, ...]) -> list[int]:
+        return self.model.token_lengths(prompts)
+
     def cond(self, role: str, n: int, generator: torch.Generator | None = None) -> Tensor:
         if role not in ROLES:
             raise ValueError(f"unknown conditioning role {role!r}; roles: {', '.join(ROLES)}")

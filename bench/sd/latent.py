@@ -66,6 +66,11 @@ class SDModel:
                 self._text_cache[p] = h
         return torch.stack([self._text_cache[p] for p in prompts])
 
+    def token_lengths(self, prompts: list[str] | tuple[str, ...]) -> list[int]:
+        """Tokens of each prompt with its start and end tokens (at most 77): the end token's position + 1."""
+        tok = self.tokenizer(list(prompts), padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        return [int(n) for n in tok.attention_mask.sum(1)]
+
     @torch.no_grad()
     def encode(self, x: Tensor, generator: torch.Generator | None = None, sample: bool = True) -> Tensor:
         """Latents ``scaling · VAE.encode(x)`` of images in [-1, 1]: a posterior sample (CompVis

@@ -413,7 +413,7 @@ def sd_schedule(config: dict | None = None, *, dtype: torch.dtype = torch.float3
 
 # ---------------------------------------------------------------------------------------------- parameter sets
 
-PARAM_SETS = ("xattn", "noxattn", "full", "esd-u-2024")
+PARAM_SETS = ("xattn", "xattn-kv", "noxattn", "full", "esd-u-2024")
 _NOXATTN_PREFIXES = ("time_embedding.", "conv_norm_out.", "conv_out.")
 
 
@@ -421,6 +421,8 @@ def param_set(unet: torch.nn.Module, name: str) -> list[tuple[str, torch.nn.Para
     """The UNet parameters a method trains, by diffusers names (§0.2), in ``named_parameters`` order.
 
     - ``xattn`` (ESD-x): names containing ``attn2`` (cross-attention q, k, v, out).
+    - ``xattn-kv`` (CA's ``crossattn_kv``): the cross-attention key and value projections (``attn2.to_k``,
+      ``attn2.to_v``), the only weights that read the text.
     - ``noxattn`` (ESD-u, SA nudity): all except names containing ``attn2`` and names starting with
       ``time_embedding.``, ``conv_norm_out.``, ``conv_out.`` (CompVis ``time_embed``, ``out.``).
     - ``full`` (SalUn, GA, SA celebrity): every UNet parameter.
@@ -434,6 +436,8 @@ def param_set(unet: torch.nn.Module, name: str) -> list[tuple[str, torch.nn.Para
         return named
     if name == "xattn":
         return [(n, p) for n, p in named if "attn2" in n]
+    if name == "xattn-kv":
+        return [(n, p) for n, p in named if "attn2.to_k." in n or "attn2.to_v." in n]
     if name == "noxattn":
         return [(n, p) for n, p in named if "attn2" not in n and not n.startswith(_NOXATTN_PREFIXES)]
     if name == "esd-u-2024":
