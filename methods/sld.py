@@ -37,9 +37,9 @@ class SafeLatentDiffusion(Method):
     steps_per_iter = 0
     task_kinds = frozenset({"concept"})
     expected_failures = {"forgets": (
-        "sd-digits: the concept must differ from the prompt, and the micro model never saw a bare digit name, so "
-        "its prediction for 'zero' carries no digit to steer away from (smoke, forget 'zero': UA 0.000 with the "
-        "medium preset, 0.016 with max)")}
+        "sd-digits samples with 10 DDIM steps, all inside the medium preset's warm-up of 10 (no step is steered: "
+        "the Original's images); with the max preset (no warm-up) UA is 0.016 on 'zero' at smoke, the micro "
+        "model's prediction for the bare word carrying no digit to steer away from")}
 
     def unlearn(self, ctx):
         cfg = self.config
