@@ -10,6 +10,7 @@ import torch
 
 from bench.core.errors import BenchError
 from bench.method import Method, merge_presets, per_task, register_method
+from bench.sd.loading import cross_attention_kv
 
 LOSSES = ("model-based", "noise-based")
 
@@ -92,8 +93,7 @@ def start_token_frozen(net: torch.nn.Module, on: bool = True):
     def hook(_module, _inputs, out):
         return torch.cat([out[:, :1].detach(), out[:, 1:]], 1)
 
-    handles = [m.register_forward_hook(hook) for name, m in net.named_modules()
-               if on and name.endswith(("attn2.to_k", "attn2.to_v"))]
+    handles = [m.register_forward_hook(hook) for m in (cross_attention_kv(net) if on else [])]
     try:
         yield
     finally:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from bench.core.errors import BenchError
 from bench.method import Method, merge_presets, per_task, register_method
+from bench.sd.loading import cross_attention_kv
 
 TOKENS = ("span", "last")
 
@@ -83,7 +84,7 @@ def _split(text: str) -> list[str]:
 
 def cross_attention_projections(net: nn.Module) -> list[nn.Linear]:
     """The key and value projections of every cross-attention (the weights that read the text)."""
-    found = [m for name, m in net.named_modules() if name.endswith(("attn2.to_k", "attn2.to_v"))]
+    found = cross_attention_kv(net)
     if not found:
         raise BenchError("uce edits cross-attention (attn2.to_k, attn2.to_v); this UNet has none")
     return found

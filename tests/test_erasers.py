@@ -136,3 +136,14 @@ def test_uce_edits_only_the_cross_attention_keys_and_values(micro):
     names = {n for n, m in micro.unet.named_modules() if any(m is p for p in cross_attention_projections(micro.unet))}
     assert names and all(n.endswith(("attn2.to_k", "attn2.to_v")) for n in names)
     assert len(names) == 2 * sum(1 for n, _ in micro.unet.named_modules() if n.endswith("attn2"))
+
+
+def test_a_resumed_cell_gets_the_same_safety_guidance_back_from_its_description(micro):
+    from bench.sd.safe import PRESETS, SafeSampler, restore
+    from bench.sd.sampler import PromptSampler
+
+    plain = PromptSampler(micro, micro.unet, steps=4, guidance=7.5, px=16)
+    safe = SafeSampler(plain, SafetyGuidance("a dog", **PRESETS["strong"]))
+    back = restore(PromptSampler(micro, micro.unet, steps=4, guidance=7.5, px=16, batch_size=3), safe.describe())
+    assert isinstance(back, SafeSampler) and back.safety == safe.safety and back.batch_size == 3
+    assert restore(plain, plain.describe()) is plain

@@ -77,9 +77,7 @@ class ConceptEvaluation:
                 self.driver.log(f"{self.cell.name}: reusing the unlearned UNet from {self.unet_file} (cost measured "
                                 f"when it was trained)")
                 net = _unet_with(self.assets.model().unet, state)
-                described = cost.get("sampler", {})
-                return Unlearned(restore(self._sampler(net, described.get("weights", "final")), described), cost,
-                                 True)
+                return Unlearned(self._sampler(net, cost.get("sampler", {}).get("weights", "final")), cost, True)
             un = compute()
             if un.generator is not None:
                 self._save(un)
@@ -107,9 +105,8 @@ class ConceptEvaluation:
         images: dict[str, tuple[str, Any, torch.Tensor]] = {}
         sample_s, nfe, peak_sample = 0.0, math.nan, 0.0
         if un.generator is not None:
-            sampler = self._sampler(un.generator.net, un.generator.weights)
-            if hasattr(un.generator, "on"):  # the method's guidance rule (SLD) over the evaluation settings
-                sampler = un.generator.on(sampler)
+            # the method's guidance rule (SLD), from its description: the same for a fresh and a resumed cell
+            sampler = restore(self._sampler(un.generator.net, un.generator.weights), un.cost.get("sampler", {}))
             shards.prepare(self.render_dir, {"cell": cell.name, "weights": un.cost.get("weights_sha256", ""),
                                              "sampler": sampler.describe()})
             counts = Counts()

@@ -417,6 +417,12 @@ PARAM_SETS = ("xattn", "xattn-kv", "noxattn", "full", "esd-u-2024")
 _NOXATTN_PREFIXES = ("time_embedding.", "conv_norm_out.", "conv_out.")
 
 
+def cross_attention_kv(unet: torch.nn.Module) -> list[torch.nn.Module]:
+    """The key and value projections of every cross-attention (``attn2.to_k``, ``attn2.to_v``): the only UNet
+    weights that read the text (UCE edits them, CA trains them, ``xattn-kv``)."""
+    return [m for name, m in unet.named_modules() if name.endswith(("attn2.to_k", "attn2.to_v"))]
+
+
 def param_set(unet: torch.nn.Module, name: str) -> list[tuple[str, torch.nn.Parameter]]:
     """The UNet parameters a method trains, by diffusers names (§0.2), in ``named_parameters`` order.
 
@@ -437,7 +443,8 @@ def param_set(unet: torch.nn.Module, name: str) -> list[tuple[str, torch.nn.Para
     if name == "xattn":
         return [(n, p) for n, p in named if "attn2" in n]
     if name == "xattn-kv":
-        return [(n, p) for n, p in named if "attn2.to_k." in n or "attn2.to_v." in n]
+        kv = {id(p) for m in cross_attention_kv(unet) for p in m.parameters()}
+        return [(n, p) for n, p in named if id(p) in kv]
     if name == "noxattn":
         return [(n, p) for n, p in named if "attn2" not in n and not n.startswith(_NOXATTN_PREFIXES)]
     if name == "esd-u-2024":

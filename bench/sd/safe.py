@@ -4,7 +4,7 @@ code, not its unused ``perform_safety_guidance`` helper)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import Tensor
@@ -53,13 +53,8 @@ class SafeSampler(PromptSampler):
         self.safety = safety
         self.nfe = base.steps * (3 if base.guidance > 1.0 and safety.scale > 1.0 else base.nfe // base.steps)
 
-    def on(self, base: PromptSampler) -> SafeSampler:
-        return SafeSampler(base, self.safety)
-
     def describe(self) -> dict:
-        s = self.safety
-        return {**super().describe(), "sld_concept": s.concept, "sld_scale": s.scale, "sld_warmup": s.warmup,
-                "sld_threshold": s.threshold, "sld_momentum": s.momentum, "sld_beta": s.beta}
+        return {**super().describe(), **{f"sld_{k}": v for k, v in asdict(self.safety).items()}}
 
     def _render(self, z: Tensor, prompts: list[str], guidance: float) -> Tensor:
         m = self.model
@@ -79,9 +74,8 @@ class SafeSampler(PromptSampler):
 
 
 def restore(base: PromptSampler, described: dict) -> PromptSampler:
-    """The sampler a stored description (``describe()``) names, over ``base`` (a cell resumed from its saved UNet)."""
+    """``base`` with the guidance rule a method's sampler described (``describe()``): the evaluator renders a
+    fresh cell and a cell resumed from its saved UNet alike, with its own batch size and precision."""
     if "sld_concept" not in described:
         return base
-    return SafeSampler(base, SafetyGuidance(described["sld_concept"], described["sld_scale"], described["sld_warmup"],
-                                            described["sld_threshold"], described["sld_momentum"],
-                                            described["sld_beta"]))
+    return SafeSampler(base, SafetyGuidance(**{f.name: described[f"sld_{f.name}"] for f in fields(SafetyGuidance)}))

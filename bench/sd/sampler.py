@@ -42,11 +42,6 @@ class PromptSampler:
                 "guidance_w": self.guidance - 1.0, "guidance_form": "s", "px": self.px,
                 "noise_mode": f"cpu-block x{self.noise_blocks}", "dtype_sample": str(self.dtype).split(".")[-1]}
 
-    def on(self, base: PromptSampler) -> PromptSampler:
-        """This sampler's guidance rule over ``base``'s model, UNet and settings (the evaluator re-creates the
-        sampler with its own batch size and precision); the plain rule is ``base`` itself."""
-        return base
-
     def initial(self, requests: Sequence, block: int) -> Tensor:
         shape = self.model.latent_shape(self.px)
         cache: dict[int, Tensor] = {}
