@@ -157,6 +157,12 @@ class UnlearnContext(RunRecords):
             net.eval().requires_grad_(False)
         return self._track(net, name)
 
+    def counted_backward(self, loss: Tensor, name: str = "model") -> Tensor:
+        """``loss``, marked so that its backward counts as one backward pass of the network ``name``: for a loss
+        computed from the network's inner activations (FMN's attention maps) rather than its output."""
+        self.counts.count_backward(loss, name)
+        return loss
+
     def retrained_model(self, steps: int, weights: str = "raw") -> nn.Module:
         """The base architecture trained from scratch on D_r with the base model's recipe and seed
         (``steps`` iterations), built once per (base seed, forget class, recipe) in the asset cache.
@@ -243,6 +249,19 @@ class UnlearnContext(RunRecords):
     def token_lengths(self, prompts: list[str] | tuple[str, ...]) -> list[int]:
         """Text-to-image tasks: each prompt's token count with its start and end tokens."""
         return self._text_family("token_lengths").token_lengths(prompts)
+
+    def text_encoder(self, name: str = "text_encoder_unlearned") -> nn.Module:
+        """Text-to-image tasks: a trainable, tracked copy of the frozen text encoder."""
+        return self._track(self._text_family("text_encoder").text_encoder(), name)
+
+    def token_ids(self, prompts: list[str] | tuple[str, ...]) -> Tensor:
+        """Text-to-image tasks: token ids (B, 77) of prompts as the text encoder reads them."""
+        return self._text_family("token_ids").token_ids(prompts)
+
+    def concept_mask(self, prompts: list[str] | tuple[str, ...], concept: str, with_end: bool = False) -> Tensor:
+        """Text-to-image tasks: (B, 77) mask of the positions of ``concept``'s tokens in each prompt, and with
+        ``with_end`` of every end-of-text token (SD v1.x pads with it)."""
+        return self._text_family("concept_mask").concept_mask(prompts, concept, with_end)
 
     @property
     def prompts(self) -> Any:
@@ -381,8 +400,11 @@ class UnlearnContext(RunRecords):
         t0 = time.perf_counter()
         point = self._point(self.iterations_run)
         with self.unmeasured():
-            net = make().net
-            point["state"] = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+            gen = make()
+            point["state"] = {k: v.detach().to("cpu", copy=True) for k, v in gen.net.state_dict().items()}
+            encoder = getattr(gen, "text_encoder", None)
+            if encoder is not None:  # a method that trains the text encoder (AdvUnlearn)
+                point["text_state"] = {k: v.detach().to("cpu", copy=True) for k, v in encoder.state_dict().items()}
         self._snapshots.append(point)
         self.refine_seconds += time.perf_counter() - t0
 
@@ -396,14 +418,19 @@ class UnlearnContext(RunRecords):
         if scratch is None and cands:
             scratch = gen.net.clone() if hasattr(gen.net, "clone") else copy.deepcopy(gen.net)
             self._scratch[id(gen.net)] = scratch
+        encoder = getattr(gen, "text_encoder", None)
+        text_scratch = copy.deepcopy(encoder) if encoder is not None and cands else None
         while hi - lo > 1:
             mid = (lo + hi) // 2
             scratch.load_state_dict(cands[mid]["state"])
             view = copy.copy(gen)
             view.net = scratch
+            if text_scratch is not None:
+                text_scratch.load_state_dict(cands[mid]["text_state"])
+                view.text_encoder = text_scratch
             ua = self._probe_fn.ua(view)
             self.refine_probes += 1
-            point = {k: v for k, v in cands[mid].items() if k != "state"}
+            point = {k: v for k, v in cands[mid].items() if k not in ("state", "text_state")}
             self.curve.append({**point, "kind": "refine", "ua": ua})
             if ua >= self._ua_target:
                 hi = mid
@@ -412,10 +439,14 @@ class UnlearnContext(RunRecords):
         self.curve.sort(key=lambda p: p["iter"])
 
     # --- outputs -----------------------------------------------------------------------------
-    def sampler(self, net: nn.Module, weights: str | None = None) -> Any:
+    def sampler(self, net: nn.Module, weights: str | None = None, text_encoder: nn.Module | None = None) -> Any:
         """The task profile's evaluation sampler over ``net`` (a guided diffusion sampler, or for concept
-        tasks a prompt sampler that decodes with the VAE)."""
-        return self.family.sampler(net, weights or ("raw" if self.kind == "class" else "final"))
+        tasks a prompt sampler that decodes with the VAE, and encodes prompts with ``text_encoder`` when a
+        method trained one)."""
+        weights = weights or ("raw" if self.kind == "class" else "final")
+        if text_encoder is None:
+            return self.family.sampler(net, weights)
+        return self._text_family("sampler(text_encoder=)").sampler(net, weights, text_encoder)
 
     def one_step(self, net: nn.Module, fn: Callable[[nn.Module, Tensor, Tensor], Tensor],
                  weights: str = "ema") -> OneStepGenerator:

@@ -62,9 +62,7 @@ class UCE(Method):
         if cfg.iters not in (0, 1):
             raise BenchError(f"uce is one closed-form edit: uce.iters must be 0 or 1, not {cfg.iters}")
         net = ctx.base_model()
-        erase = [ctx.prompts.erase] + _split(cfg.also_erase)
-        preserve = [""] + {"remain": list(ctx.prompts.remain), "null": []}.get(cfg.preserve, _split(cfg.preserve))
-        preserve = [p for p in dict.fromkeys(preserve) if p not in erase]
+        erase, preserve = prompt_sets(ctx, cfg.also_erase, cfg.preserve)
         s_p = cfg.preserve_scale or max(0.1, 1.0 / len(preserve))
         keys, guides = erase_keys(ctx, erase, cfg.guide, cfg.tokens)
         kept = preserve_keys(ctx, preserve, cfg.tokens)
@@ -76,6 +74,14 @@ class UCE(Method):
                     lin.weight.copy_(closed_form_edit(w, keys, guides @ w.T.double(), kept, cfg.lamb,
                                                       cfg.erase_scale, s_p).to(w.dtype))
         return ctx.sampler(net)
+
+
+def prompt_sets(ctx, also_erase: str, preserve: str) -> tuple[list[str], list[str]]:
+    """The erase prompts (the cell's concept and ``also_erase``) and the preserve prompts (∅ always, plus
+    ``remain``: the task's other concepts, ``null``: nothing more, or a ``;``-separated list)."""
+    erase = [ctx.prompts.erase] + _split(also_erase)
+    kept = [""] + {"remain": list(ctx.prompts.remain), "null": []}.get(preserve, _split(preserve))
+    return erase, [p for p in dict.fromkeys(kept) if p not in erase]
 
 
 def _split(text: str) -> list[str]:

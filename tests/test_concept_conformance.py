@@ -22,7 +22,7 @@ NEEDS_GENERATOR = {"sfd", "pecker"}
 UNLEARNING = [m for m in CONCEPT if not METHODS.get(m).reference_row and m not in NEEDS_GENERATOR]
 UA_GAIN = 0.3  # over the Original's UA, on 64 forget-caption images
 # the concept erasers added with the field's table are held to the stricter bar of their issue
-ERASERS = {"uce", "ca", "sld"}
+ERASERS = {"uce", "ca", "sld", "fmn", "erasediff", "scissorhands", "spm", "mace", "rece", "advunlearn"}
 ERASER_UA_GAIN, ERASER_RETAIN = 0.5, 0.6
 
 
@@ -58,8 +58,10 @@ def test_concept_method_forgets_within_its_budget(name, rows):
     row, base = rows(name), rows("original")
     per_iter = METHODS.get(name).steps_per_iter  # 0: a closed-form edit (UCE) or no training (SLD)
     assert row["status"] != "skipped"
-    assert row["grad_steps"] == row["expected_steps"] == row["iters"] * per_iter
-    assert row["iters"] > 0 or name == "sld"
+    assert row["grad_steps"] == row["expected_steps"] >= row["iters"] * per_iter  # EraseDiff's inner and
+    assert row["iters"] > 0 or name == "sld"  # AdvUnlearn's attack steps come on top (their expected_steps)
+    if per_iter == 0:
+        assert row["grad_steps"] == 0
     assert row["backward_passes"] >= row["grad_steps"]
     for key in ("ua", "retain_acc", "fid", "unlearn_s", "nfe"):
         assert math.isfinite(row[key]), key

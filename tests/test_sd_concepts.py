@@ -174,8 +174,9 @@ def test_unsupported_method_and_all_expansion(tmp_path, capsys, cache_root):
     from bench.method import METHODS, methods_for
 
     project = {m for m in METHODS.names() if METHODS.get(m).__module__.startswith("methods.")}
-    assert set(methods_for("concept")) & project == {"ca", "esd", "ga", "original", "pecker", "rl", "sa", "salun",
-                                                      "sfd", "sld", "uce"}
+    assert set(methods_for("concept")) & project == {
+        "advunlearn", "ca", "erasediff", "esd", "fmn", "ga", "mace", "original", "pecker", "rece", "rl", "sa",
+        "salun", "scissorhands", "sfd", "sld", "spm", "uce"}
     assert "esd" in methods_for("class")  # ESD erases a class too, with the null class as the empty prompt
     assert all(METHODS.get(m).task_kinds == {"class"} for m in ("retrain", "ft", "sfron", "ebu"))
 

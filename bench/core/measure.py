@@ -46,6 +46,12 @@ class Counts:
 
         return [net.register_forward_hook(on_forward)]
 
+    def count_backward(self, loss: torch.Tensor, name: str) -> None:
+        """Count one backward pass of ``name`` when ``loss`` is differentiated: for a loss that reaches the
+        network only through its inner activations, which the output hook never sees."""
+        if loss.requires_grad:
+            loss.register_hook(lambda grad: self._on_backward(name))
+
     def _on_backward(self, name: str) -> None:
         if self.enabled:
             self.backward_passes += 1

@@ -29,8 +29,11 @@ from bench.engine.outcome import Evaluated, Unlearned
 from bench.engine.probes import DigitsConceptProbe
 from bench.metric import METRICS, ConceptEvalContext
 from bench.sd import shards
+from bench.sd.adapters import attach_from_state
 from bench.sd.safe import restore
 from bench.sd.sampler import PromptSampler
+
+TEXT = "text_encoder."  # key prefix of an unlearned text encoder in the saved weights
 
 
 class ShardPending(Exception):
@@ -76,25 +79,32 @@ class ConceptEvaluation:
                 cost = json.loads(self.unet_file.with_suffix(".json").read_text())
                 self.driver.log(f"{self.cell.name}: reusing the unlearned UNet from {self.unet_file} (cost measured "
                                 f"when it was trained)")
-                net = _unet_with(self.assets.model().unet, state)
-                return Unlearned(self._sampler(net, cost.get("sampler", {}).get("weights", "final")), cost, True)
+                model = self.assets.model()
+                text = {k[len(TEXT):]: v for k, v in state.items() if k.startswith(TEXT)}
+                net = _unet_with(model.unet, {k: v for k, v in state.items() if not k.startswith(TEXT)})
+                encoder = _unet_with(model.text_encoder, text) if text else None
+                return Unlearned(self._sampler(net, cost.get("sampler", {}).get("weights", "final"), encoder),
+                                 cost, True)
             un = compute()
             if un.generator is not None:
                 self._save(un)
             return un
 
-    def _sampler(self, net: torch.nn.Module, weights: str = "final") -> PromptSampler:
+    def _sampler(self, net: torch.nn.Module, weights: str = "final", text_encoder: torch.nn.Module | None = None
+                 ) -> PromptSampler:
         p, a = self.cell.profile, self.assets
         return PromptSampler(a.model(), net, p.sampler_steps, p.guidance, p.px, weights, p.eval_batch,
-                             dtype=a.sample_dtype)
+                             dtype=a.sample_dtype, text_encoder=text_encoder)
 
     def _save(self, un: Unlearned) -> None:
         """The tensors unlearning changed (ESD-x on SD v1.x: 176 MB of 3.4 GB) and the measured cost."""
         path = self.unet_file
         path.parent.mkdir(parents=True, exist_ok=True)
-        ref = self.assets.model().unet.state_dict()
-        state = {k: v.detach().to("cpu").contiguous() for k, v in un.generator.net.state_dict().items()
-                 if k not in ref or not torch.equal(v, ref[k])}
+        model = self.assets.model()
+        state = _changed(un.generator.net, model.unet)
+        encoder = getattr(un.generator, "text_encoder", None)
+        if encoder is not None:  # AdvUnlearn: the unlearned text encoder travels with the UNet
+            state.update({TEXT + k: v for k, v in _changed(encoder, model.text_encoder).items()})
         with atomic_file(path, "wb") as fh:
             fh.write(save(state))
         un.cost["weights_sha256"] = file_sha256(path)
@@ -106,7 +116,8 @@ class ConceptEvaluation:
         sample_s, nfe, peak_sample = 0.0, math.nan, 0.0
         if un.generator is not None:
             # the method's guidance rule (SLD), from its description: the same for a fresh and a resumed cell
-            sampler = restore(self._sampler(un.generator.net, un.generator.weights), un.cost.get("sampler", {}))
+            sampler = restore(self._sampler(un.generator.net, un.generator.weights,
+                                            getattr(un.generator, "text_encoder", None)), un.cost.get("sampler", {}))
             shards.prepare(self.render_dir, {"cell": cell.name, "weights": un.cost.get("weights_sha256", ""),
                                              "sampler": sampler.describe()})
             counts = Counts()
@@ -163,8 +174,14 @@ class ConceptEvaluation:
         self.unet_file.with_suffix(".json").unlink(missing_ok=True)
 
 
+def _changed(net: torch.nn.Module, base: torch.nn.Module) -> dict:
+    ref = base.state_dict()
+    return {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()
+            if k not in ref or not torch.equal(v, ref[k])}
+
+
 def _unet_with(base: torch.nn.Module, state: dict) -> torch.nn.Module:
-    net = copy.deepcopy(base)
+    net = attach_from_state(copy.deepcopy(base), state)  # SPM's adapters, when the saved state has them
     net.load_state_dict({**net.state_dict(), **state})
     return net.eval()
 

@@ -6,6 +6,7 @@ is ∅), the encoder is the frozen VAE, the schedule SD's scaled-linear one, the
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from bench.models.family import ROLES
 from bench.models.generators import eval_mode
 from bench.models.nets import clone_without_hooks
 from bench.sd import latent
+from bench.sd.attention import concept_positions
 from bench.sd.data import ConceptData
 from bench.sd.latent import SDModel
 from bench.sd.loading import param_set
@@ -85,6 +87,11 @@ class TextFamily:
 
     def token_lengths(self, prompts: list[str] | tuple[str, ...]) -> list[int]:
         return self.model.token_lengths(prompts)
+
+    def concept_mask(self, prompts: list[str] | tuple[str, ...], concept: str, with_end: bool) -> Tensor:
+        """(B, 77) positions of ``concept``'s tokens in each prompt (and, ``with_end``, of every end/pad token)."""
+        return concept_positions(self.model.token_ids(prompts), self.model.word_ids(concept),
+                                 self.model.end_id if with_end else None)
 
     def cond(self, role: str, n: int, generator: torch.Generator | None = None) -> Tensor:
         if role not in ROLES:
@@ -195,6 +202,14 @@ class TextFamily:
         return self.data.surrogate_images
 
     # --- outputs -------------------------------------------------------------------------------
-    def sampler(self, net: nn.Module, weights: str = "final") -> PromptSampler:
+    def sampler(self, net: nn.Module, weights: str = "final", text_encoder: nn.Module | None = None) -> PromptSampler:
         p = self.profile
-        return PromptSampler(self.model, net, p.sampler_steps, p.guidance, p.px, weights, p.eval_batch)
+        return PromptSampler(self.model, net, p.sampler_steps, p.guidance, p.px, weights, p.eval_batch,
+                             text_encoder=text_encoder)
+
+    def text_encoder(self) -> nn.Module:
+        """A trainable copy of the frozen text encoder (AdvUnlearn trains one)."""
+        return copy.deepcopy(self.model.text_encoder).train().requires_grad_(True)
+
+    def token_ids(self, prompts: list[str] | tuple[str, ...]) -> Tensor:
+        return self.model.token_ids(prompts).to(self.device)

@@ -71,6 +71,19 @@ class SDModel:
         tok = self.tokenizer(list(prompts), padding="max_length", max_length=77, truncation=True, return_tensors="pt")
         return [int(n) for n in tok.attention_mask.sum(1)]
 
+    def token_ids(self, prompts: list[str] | tuple[str, ...]) -> Tensor:
+        """Token ids (B, 77) of prompts as the text encoder reads them (start, words, end, padding)."""
+        tok = self.tokenizer(list(prompts), padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        return tok.input_ids
+
+    def word_ids(self, text: str) -> list[int]:
+        """The ids of ``text``'s tokens alone, without the start and end tokens."""
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    @property
+    def end_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
     @torch.no_grad()
     def encode(self, x: Tensor, generator: torch.Generator | None = None, sample: bool = True) -> Tensor:
         """Latents ``scaling · VAE.encode(x)`` of images in [-1, 1]: a posterior sample (CompVis

@@ -49,7 +49,7 @@ class SafeSampler(PromptSampler):
 
     def __init__(self, base: PromptSampler, safety: SafetyGuidance) -> None:
         super().__init__(base.model, base.net, base.steps, base.guidance, base.px, base.weights, base.batch_size,
-                         base.noise_blocks, base.dtype)
+                         base.noise_blocks, base.dtype, base.text_encoder)
         self.safety = safety
         self.nfe = base.steps * (3 if base.guidance > 1.0 and safety.scale > 1.0 else base.nfe // base.steps)
 
@@ -61,7 +61,7 @@ class SafeSampler(PromptSampler):
         if not (guidance > 1.0 and self.safety.scale > 1.0):
             return super()._render(z, prompts, guidance)
         n = len(prompts)
-        e = torch.cat([m.text([""] * n), m.text(prompts), m.text([self.safety.concept] * n)])
+        e = torch.cat([self.text([""] * n), self.text(prompts), self.text([self.safety.concept] * n)])
         sched = m.ddim(self.steps)
         z = z.to(m.device)
         nu = torch.zeros_like(z)

@@ -25,14 +25,16 @@ def to_uint8(x: Tensor) -> Tensor:
 
 
 class PromptSampler:
-    """Guided DDIM over a (possibly unlearned) UNet with the task's frozen text encoder and VAE."""
+    """Guided DDIM over a (possibly unlearned) UNet with the task's frozen VAE and text encoder, or with the
+    method's own ``text_encoder`` (AdvUnlearn), which then encodes the prompt and the empty prompt alike."""
 
     kind = "multi-step"
 
     def __init__(self, model: SDModel, unet: nn.Module, steps: int, guidance: float, px: int,
                  weights: str = "final", batch_size: int = 16, noise_blocks: int = 1,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, text_encoder: nn.Module | None = None) -> None:
         self.model, self.net, self.steps, self.guidance, self.px = model, unet, steps, guidance, px
+        self.text_encoder = text_encoder
         self.weights, self.batch_size, self.noise_blocks, self.dtype = weights, batch_size, noise_blocks, dtype
         self.nfe = steps * (1 if guidance == 1.0 else 2)
 
@@ -40,7 +42,16 @@ class PromptSampler:
         return {"output": self.kind, "nfe_declared": self.nfe, "weights": self.weights, "sampler": "ddim",
                 "sampler_steps": self.steps, "eta": 0.0, "guidance_s": self.guidance,
                 "guidance_w": self.guidance - 1.0, "guidance_form": "s", "px": self.px,
-                "noise_mode": f"cpu-block x{self.noise_blocks}", "dtype_sample": str(self.dtype).split(".")[-1]}
+                "noise_mode": f"cpu-block x{self.noise_blocks}", "dtype_sample": str(self.dtype).split(".")[-1],
+                "text_encoder": "base" if self.text_encoder is None else "unlearned"}
+
+    def text(self, prompts: list[str]) -> Tensor:
+        """Prompt embeddings from the sampler's text encoder."""
+        if self.text_encoder is None:
+            return self.model.text(prompts)
+        ids = self.model.token_ids(prompts).to(self.model.device)
+        with eval_mode(self.text_encoder):
+            return self.text_encoder(ids)[0].float()
 
     def initial(self, requests: Sequence, block: int) -> Tensor:
         shape = self.model.latent_shape(self.px)
@@ -54,7 +65,7 @@ class PromptSampler:
 
     def _render(self, z: Tensor, prompts: list[str], guidance: float) -> Tensor:
         m = self.model
-        e_c, e_u = m.text(prompts), m.text([""] * len(prompts))
+        e_c, e_u = self.text(prompts), self.text([""] * len(prompts))
         z = ddim_sample(m, self.net, z.to(m.device), e_c, e_u, guidance, self.steps)
         return m.decode(z)
 
