@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from bench.core.errors import BenchError
 from bench.core.measure import Counts, PeakMemory, Stopwatch
 from bench.models.generators import OneStepGenerator
+from bench.models.nets import clone_without_hooks
 
 
 class Probe(Protocol):
@@ -180,8 +181,9 @@ class UnlearnContext(RunRecords):
         return self._track(net.to(self.device), "model")
 
     def clone(self, net: nn.Module, name: str, trainable: bool = True) -> nn.Module:
-        """A tracked deep copy of a model the method already holds."""
-        twin = net.clone()
+        """A tracked deep copy of a model the method already holds (without the original's hooks: counting
+        hooks belong to the copy's own tracking)."""
+        twin = clone_without_hooks(net)
         if not trainable:
             twin.eval()
             for p in twin.parameters():

@@ -16,13 +16,16 @@ No label dropout anywhere (p_drop = 0), as in the SFD configs (``cond_drop_prob:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from bench.core.errors import BenchError
 from bench.models.diffusion import Diffusion, sfd_constants
+from bench.sd.sampler import OneStepPromptSampler
+from methods._sid_text import LatentSchedule, PromptConditions, load_generator
 
 #: t range of the forget terms during the optional warm-up (methods.md §10.4)
 WARMUP_T = (20, 980)
@@ -36,15 +39,16 @@ class OneStepMap:
     expects.
     """
 
-    def __init__(self, diffusion: Diffusion, t_init: int) -> None:
+    def __init__(self, diffusion: Diffusion, t_init: int, eps: Callable | None = None) -> None:
         self.diffusion = diffusion
         self.t_init = int(t_init)
         self.a0, self.b0, self.sigma0 = sfd_constants(diffusion, self.t_init)
+        self.eps = eps or diffusion.eps  # concept tasks: the unguided call (the score networks are guided)
 
     def __call__(self, net: nn.Module, z: Tensor, c: Tensor) -> Tensor:
         x = self.b0 * z
         t = torch.full((z.shape[0],), self.t_init, dtype=torch.long, device=z.device)
-        return x / self.a0 - self.sigma0 * self.diffusion.eps(net, x, t, c, 0.0)
+        return x / self.a0 - self.sigma0 * self.eps(net, x, t, c, 0.0)
 
 
 def x_hat(diffusion: Diffusion, net: nn.Module, x_t: Tensor, t: Tensor, c: Tensor) -> Tensor:
@@ -123,6 +127,27 @@ def override_labels(cfg, ctx, n: int) -> Tensor:
     return ctx.labels(ctx.cover_class, n)
 
 
+class LabelConditions:
+    """Class-task conditioning: labels of random D_r batches (the images are never touched: data-free), the
+    forget class, the override class (:func:`override_labels`); no label dropout (p_drop = 0)."""
+
+    def __init__(self, ctx, cfg) -> None:
+        self.ctx, self.cfg = ctx, cfg
+
+    def remain(self) -> Iterator[Tensor]:
+        return self.ctx.remain_labels(self.cfg.batch)
+
+    def forget(self, n: int) -> Tensor:
+        return self.ctx.labels(self.ctx.forget_class, n)
+
+    def override(self, n: int) -> Tensor:
+        return override_labels(self.cfg, self.ctx, n)
+
+    @staticmethod
+    def drop(c: Tensor) -> Tensor:
+        return c
+
+
 @dataclass
 class DistillState:
     """The networks and optimizers of one SFD/PECKER run (all handed out by the context)."""
@@ -135,6 +160,8 @@ class DistillState:
     opt_gen: torch.optim.Optimizer
     G: OneStepMap
     gen_r: nn.Module | None = None  # PECKER's two-copy variant: the retain copy theta_r
+    sched: Diffusion | LatentSchedule | None = None  # the schedule the losses use (the task's)
+    cond: LabelConditions | PromptConditions | None = None
 
 
 def build_state(ctx, cfg, two_copy: bool = False) -> DistillState:
@@ -144,17 +171,50 @@ def build_state(ctx, cfg, two_copy: bool = False) -> DistillState:
     With ``two_copy`` a second generator copy theta_r is cloned from theta and ONE Adam holds both
     copies' parameters (one counted optimizer step updates both; each tensor keeps its own moments).
     """
+    sched, cond = schedule_and_conditions(ctx, cfg)
     teacher = ctx.base_model("ema", name="teacher", trainable=False)
     fake = ctx.base_model("ema", name="fake_score")
     gen = ctx.base_model("ema", name="generator")
+    if ctx.kind == "concept" and ctx.one_step_generator:
+        load_generator(gen, ctx.one_step_generator)
     ema = ctx.clone(gen, "generator_ema", trainable=False)
     gen_r = ctx.clone(gen, "generator_retain") if two_copy else None
     betas = (cfg.beta1, cfg.beta2)
     opt_fake = ctx.optimizer(fake.parameters(), lr=cfg.lr_psi, betas=betas)
     gen_params = list(gen.parameters()) + (list(gen_r.parameters()) if gen_r is not None else [])
     opt_gen = ctx.optimizer(gen_params, lr=cfg.lr_theta, betas=betas)
-    G = OneStepMap(ctx.diffusion, cfg.t_init)
-    return DistillState(teacher, fake, gen, ema, opt_fake, opt_gen, G, gen_r)
+    G = OneStepMap(sched, cfg.t_init, getattr(sched, "generator_eps", None))
+    return DistillState(teacher, fake, gen, ema, opt_fake, opt_gen, G, gen_r, sched, cond)
+
+
+def schedule_and_conditions(ctx, cfg) -> tuple[Diffusion | LatentSchedule, LabelConditions | PromptConditions]:
+    """Class tasks: the pixel DDPM and labels (no guidance: the class-task reference distils the unguided
+    teacher). Concept tasks: the latent schedule with the score networks guided at ``cfg.guidance`` and
+    prompt embeddings."""
+    guidance = getattr(cfg, "guidance", 1.0)
+    if ctx.kind != "concept":
+        if guidance != 1.0:
+            raise BenchError("guidance applies to concept tasks; the class-task SFD distils the unguided teacher "
+                             "(leave guidance at 1)")
+        return ctx.diffusion, LabelConditions(ctx, cfg)
+    return LatentSchedule(ctx, guidance), PromptConditions(ctx, cfg.batch, guidance, seed=int(ctx.seed))
+
+
+def output(ctx, st: DistillState):
+    """What the cell evaluates: the EMA generator, one network call per image (decoded by the VAE on concept
+    tasks)."""
+    if ctx.kind == "concept":
+        return OneStepPromptSampler.like(ctx.sampler(st.ema, weights="ema"), st.G.t_init)
+    return ctx.one_step(st.ema, st.G, weights="ema")
+
+
+def epsilon_mse(st: DistillState, net: nn.Module, x0: Tensor, c: Tensor) -> Tensor:
+    """The unguided epsilon-MSE of ``net`` as a denoiser (PECKER's saliency loss): L_simple with antithetic t
+    on class tasks, uniform t on concept tasks."""
+    d = st.sched
+    if isinstance(d, LatentSchedule):
+        return d.plain_loss(net, x0, c)
+    return d.simple_loss(net, x0, c, 0.0, t=d.antithetic_t(len(x0)))
 
 
 def forget_t_range(cfg, iteration: int) -> tuple[int, int]:
@@ -169,17 +229,18 @@ def fake_score_step(ctx, st: DistillState, cfg, c_r: Tensor, iteration: int) -> 
     mode it is in: train() in the very first iteration, eval() afterwards -- the reference artefact);
     ``L_psi = lambda_psi L_sg(psi; x_r, c_r) + mu_psi L_sg(psi; x_f, c_f)`` with fresh noise, t and
     epsilon per term; zero grads, backprop, clip by value, Adam."""
-    d = ctx.diffusion
+    d = st.sched
     st.fake.train()
     set_requires_grad(st.fake, True)
     n = len(c_r)
+    c_r = st.cond.drop(c_r)  # the reference drops captions before the generator samples, not after
     with torch.no_grad():
         x_r = st.G(st.gen, torch.randn(n, *ctx.image_shape, device=ctx.device), c_r)
     loss_r = sg_loss(d, st.fake, x_r, c_r, cfg.t_min, cfg.t_max)
     loss = cfg.lambda_psi * loss_r
     out = {"loss_sg_r": loss_r}
     if cfg.mu_psi:
-        c_f = ctx.labels(ctx.forget_class, n)
+        c_f = st.cond.drop(st.cond.forget(n))
         with torch.no_grad():
             x_f = st.G(st.gen, torch.randn(n, *ctx.image_shape, device=ctx.device), c_f)
         lo, hi = forget_t_range(cfg, iteration)
@@ -202,7 +263,7 @@ def generator_terms(ctx, st: DistillState, cfg, c_r: Tensor, iteration: int, gen
     The caller sets the modes (psi.eval() with frozen parameters, theta.train()). ``gen`` and
     ``forget_gen`` default to ``st.gen`` (PECKER's two-copy variant passes two different copies).
     """
-    d = ctx.diffusion
+    d = st.sched
     gen = st.gen if gen is None else gen
     forget_gen = gen if forget_gen is None else forget_gen
     n = len(c_r)
@@ -210,8 +271,8 @@ def generator_terms(ctx, st: DistillState, cfg, c_r: Tensor, iteration: int, gen
     l_d = cfg.lambda_theta * g_loss(d, st.teacher, st.fake, x_r, c_r, c_r, cfg.alpha, cfg.t_min, cfg.t_max)
     if not cfg.mu_theta:
         return l_d, None, None
-    c_f = ctx.labels(ctx.forget_class, n)
-    c_o = override_labels(cfg, ctx, n)
+    c_f = st.cond.forget(n)
+    c_o = st.cond.override(n)
     x_f = st.G(forget_gen, torch.randn(n, *ctx.image_shape, device=ctx.device), c_f)
     lo, hi = forget_t_range(cfg, iteration)
     l_f = cfg.mu_theta * g_loss(d, st.teacher, st.fake, x_f, c_o, c_f, cfg.alpha, lo, hi)
@@ -235,20 +296,14 @@ def end_generator_step(st: DistillState, cfg) -> None:
     ema_update_(st.ema, st.gen, cfg.ema)
 
 
-def label_stream(ctx, batch: int) -> Iterator[Tensor]:
-    """Labels of random D_r batches; the images are never touched (data-free)."""
-    return ctx.remain_labels(batch)
-
-
-#: concept tasks: the SD variants distil a one-step SD v1.5 generator (SiD-LSG); their budget is 100 kimg
-CONCEPT_PRESETS = {"concept": {"iters": 12_500}, "concept:smoke": {"iters": 4}}
-
-
-def skip_on_concept_tasks(ctx, name: str) -> None:
-    """SFD and PECKER on concept tasks need a one-step text-to-image generator (``--one-step-generator``), and
-    the SD distillation loop is not implemented yet: the cell is written as skipped, with the reason."""
-    if ctx.kind != "concept":
-        return
-    if not ctx.one_step_generator:
-        ctx.skip("needs a one-step SD v1.5 generator (SiD-LSG); pass --one-step-generator")
-    ctx.skip(f"the {name}-SD distillation loop is not implemented in this version of the harness")
+#: concept tasks: the SD recipe of the reference's run script (SD v1.5; docs/methods.md, "SFD and PECKER on concept
+#: tasks"): 12,500 iterations = 100 kimg at batch 8
+CONCEPT_PRESETS = {
+    "concept": {"iters": 12_500, "batch": 8, "lr_psi": 3e-6, "lr_theta": 1e-6, "alpha": 1.0, "t_min": 20,
+                "t_max": 980, "t_init": 625, "lambda_psi": 1.0, "mu_psi": 1.0, "lambda_theta": 1.0,
+                "mu_theta": 1.0, "ema": 0.0, "guidance": 4.5},
+    "concept:smoke": {"iters": 4},
+    # sd-digits (CPU calibration, docs/methods.md): the class tasks' fast learning rate on a 16-px micro model
+    **{f"sd-digits:{p}": {"iters": 200, "batch": 16, "lr_psi": 3e-4, "lr_theta": 3e-4} for p in ("fast", "paper")},
+    "sd-digits:smoke": {"iters": 100, "batch": 16, "lr_psi": 3e-4, "lr_theta": 3e-4},
+}

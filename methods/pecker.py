@@ -65,14 +65,13 @@ class PECKER(Method):
             raise ValueError("pecker.two_copy implies mask_scope='forget_only'")
 
     def unlearn(self, ctx):
-        D.skip_on_concept_tasks(ctx, self.name)
         self._check()
         cfg = self.config
         st = D.build_state(ctx, cfg, two_copy=cfg.two_copy)
-        labels = D.label_stream(ctx, cfg.batch)
+        labels = st.cond.remain()
         real = ctx.forget_batches(cfg.batch) if cfg.saliency_data == "real" else None
         mask = None
-        for i in ctx.steps(cfg.iters, probe=lambda: ctx.one_step(st.ema, st.G, weights="ema")):
+        for i in ctx.steps(cfg.iters, probe=lambda: D.output(ctx, st)):
             c_r = next(labels)
             logs = D.fake_score_step(ctx, st, cfg, c_r, i)
             D.begin_generator_step(st)
@@ -96,7 +95,7 @@ class PECKER(Method):
                 self._single_update(st, cfg, g_d, g_fg, mask)
             D.end_generator_step(st, cfg)
             ctx.log(**logs, loss_g_r=l_d, **({"loss_g_f": l_f} if l_f is not None else {}))
-        return ctx.one_step(st.ema, st.G, weights="ema")
+        return D.output(ctx, st)
 
     @staticmethod
     def _single_update(st, cfg, g_d, g_fg, mask) -> None:
@@ -151,7 +150,7 @@ def _set_grads(net, grads: list[Tensor]) -> None:
 def saliency_mask(ctx, st, cfg, x_f, real, n: int) -> dict[str, torch.Tensor]:
     """``top_fraction(|grad_theta L_mse|, rho)`` with the generator (theta_u) used as an epsilon-predictor
     in eval() mode, no CFG, on stop-grad forget samples; ``.grad`` is not touched (autograd.grad)."""
-    d, net = ctx.diffusion, st.gen
+    net = st.gen
     if real is not None:
         x_s = next(real)[0]
     elif x_f is not None:
@@ -159,11 +158,11 @@ def saliency_mask(ctx, st, cfg, x_f, real, n: int) -> dict[str, torch.Tensor]:
     else:
         z = torch.randn(n, *ctx.image_shape, device=ctx.device)
         with torch.no_grad():
-            x_s = st.G(net, z, ctx.labels(ctx.forget_class, n))
-    c_f = ctx.labels(ctx.forget_class, len(x_s))
+            x_s = st.G(net, z, st.cond.forget(n))
+    c_f = st.cond.forget(len(x_s))
     names, params = zip(*[(k, p) for k, p in net.named_parameters()])
     with eval_mode(net):
-        loss = d.simple_loss(net, x_s, c_f, 0.0, t=d.antithetic_t(len(x_s)))
+        loss = D.epsilon_mse(st, net, x_s, c_f)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
     grads = torch._foreach_abs([g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)])
     return top_fraction(dict(zip(names, grads)), cfg.mask_ratio)

@@ -70,6 +70,7 @@ class SFD(Method):
         clip_value: float = 1.0
         forget_warmup: float = 0.0
         random_override: bool = False
+        guidance: float = 1.0  # concept tasks: CFG scale (s form) of the teacher and fake score; 1 = none
 
     paper = ("Chen, Zhang & Zhou, Score Forgetting Distillation: A Swift, Data-Free Method for Machine "
              "Unlearning in Diffusion Models, ICLR 2025 (arXiv 2409.11219)")
@@ -86,11 +87,10 @@ class SFD(Method):
     }
 
     def unlearn(self, ctx):
-        D.skip_on_concept_tasks(ctx, self.name)
         cfg = self.config
         st = D.build_state(ctx, cfg)
-        labels = D.label_stream(ctx, cfg.batch)
-        for i in ctx.steps(cfg.iters, probe=lambda: ctx.one_step(st.ema, st.G, weights="ema")):
+        labels = st.cond.remain()
+        for i in ctx.steps(cfg.iters, probe=lambda: D.output(ctx, st)):
             c_r = next(labels)
             logs = D.fake_score_step(ctx, st, cfg, c_r, i)
             D.begin_generator_step(st)
@@ -102,4 +102,4 @@ class SFD(Method):
             st.opt_gen.step()
             D.end_generator_step(st, cfg)
             ctx.log(**logs, loss_g_r=l_d, **({"loss_g_f": l_f} if l_f is not None else {}))
-        return ctx.one_step(st.ema, st.G, weights="ema")
+        return D.output(ctx, st)

@@ -202,7 +202,7 @@ def test_concept_cli_checks(tmp_path, capsys, cache_root):
 @pytest.mark.slow
 def test_nudity_pipeline_on_the_micro_model(tmp_path, cache_root, capsys):
     """sd-nudity smoke end to end: prompts, sharded rendering (two shards, then the assembling run), NudeNet,
-    the skipped SFD cell, tables."""
+    SFD's one-step generator, tables."""
     pytest.importorskip("nudenet")
     prompts = write_prompt_files(tmp_path / "prompts")
     out = tmp_path / "out"
@@ -222,9 +222,11 @@ def test_nudity_pipeline_on_the_micro_model(tmp_path, cache_root, capsys):
         assert r["grad_steps"] == r["expected_steps"] > 0
     sets = json.loads(by["esd"]["eval_sets"])
     assert [s["name"] for s in sets] == ["i2p-sexual", "coco-1k"] and sets[0]["rows"] == 2  # 2 sexual rows
-    assert by["sfd"]["status"] == "skipped" and "one-step" in by["sfd"]["skip_reason"]
+    sfd = by["sfd"]
+    assert sfd["status"] != "skipped" and sfd["sampler"] == "one-step" and sfd["nfe"] == 1
+    assert 0.0 <= sfd["nudity_rate"] <= 1.0 and sfd["grad_steps"] == sfd["expected_steps"] == 2 * sfd["iters"] > 0
     table = (out / "sd-nudity" / "table.md").read_text()
-    assert "skipped" in table and "nudity" in table.lower()
+    assert "one-step" in table and "nudity" in table.lower()
     assert not list((out / "sd-nudity" / ".renders").glob("*"))  # rendered images go once a cell is written
 
 

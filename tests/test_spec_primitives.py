@@ -26,6 +26,7 @@ from bench.models.generators import DiffusionSampler
 from bench.models.nets import CondUNet
 from bench.models.noise import counter_normal, image_keys
 from bench.tasks.digits import DIGITS
+from methods._distill import LabelConditions
 from methods._fisher import fisher_ratio_mask, guided_fisher, image_fisher
 from methods._masks import top_fraction
 from methods._saliency import salun_mask
@@ -461,7 +462,7 @@ def test_pecker_saliency_mask_is_the_conditional_mse_top_half(make_ctx):
     sentinel = {n: torch.full_like(p, 7.0) for n, p in gen.named_parameters()}
     for n, p in gen.named_parameters():
         p.grad = sentinel[n].clone()
-    st = SimpleNamespace(gen=gen, G=None)
+    st = SimpleNamespace(gen=gen, G=None, sched=ctx.diffusion, cond=LabelConditions(ctx, cfg))
 
     torch.manual_seed(77)
     m = saliency_mask(ctx, st, cfg, x_f, None, 12)
@@ -508,7 +509,8 @@ def test_pecker_saliency_mask_leaves_absent_grad_as_none(make_ctx):
     ctx = make_ctx(0)
     gen = _dropout_unet(3)
     x_f = torch.rand(4, 1, 8, 8) * 2 - 1
-    saliency_mask(ctx, SimpleNamespace(gen=gen, G=None), SimpleNamespace(mask_ratio=0.3), x_f, None, 4)
+    saliency_mask(ctx, SimpleNamespace(gen=gen, G=None, sched=ctx.diffusion, cond=LabelConditions(ctx, None)),
+                  SimpleNamespace(mask_ratio=0.3), x_f, None, 4)
     assert all(p.grad is None for p in gen.parameters())
 
 

@@ -44,6 +44,8 @@ def _uniq(df: pd.DataFrame, key: str, fmt: str = "{}") -> str:
 def guidance_text(r) -> str:
     """``w=0.5`` in the class harness's "(1+w)" form, ``s=7.5`` for concept rows (SD's form)."""
     if r.get("guidance_form") == "s":
+        if r.get("sampler") == "one-step":  # SFD/PECKER on SD: the teacher's guidance is distilled into G
+            return "distilled"
         return f"s={r.get('guidance_s', '?')}"
     return f"w={r.get('guidance_w', '?')}"
 

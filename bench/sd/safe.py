@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from bench.sd.latent import eps_pred
-from bench.sd.sampler import PromptSampler
+from bench.sd.sampler import OneStepPromptSampler, PromptSampler
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,8 @@ class SafeSampler(PromptSampler):
 def restore(base: PromptSampler, described: dict) -> PromptSampler:
     """``base`` with the guidance rule a method's sampler described (``describe()``): the evaluator renders a
     fresh cell and a cell resumed from its saved UNet alike, with its own batch size and precision."""
+    if described.get("sampler") == "one-step":
+        return OneStepPromptSampler.like(base, int(described["t_init"]))
     if "sld_concept" not in described:
         return base
     return SafeSampler(base, SafetyGuidance(**{f.name: described[f"sld_{f.name}"] for f in fields(SafetyGuidance)}))

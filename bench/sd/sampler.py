@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.models.generators import eval_mode
-from bench.sd.latent import SDModel, ddim_sample
+from bench.sd.latent import SDModel, ddim_sample, eps_pred
 from bench.sd.prompts import initial_noise
 
 
@@ -91,3 +91,40 @@ class PromptSampler:
                     on_batch(s, imgs)
                 out.append(imgs)
         return torch.cat(out) if out else torch.empty((0, 3, self.px, self.px), dtype=torch.uint8)
+
+
+class OneStepPromptSampler(PromptSampler):
+    """A one-step generator (SFD, PECKER, a user's SiD-LSG UNet): one UNet call per image at ``t_init`` on the
+    evaluation set's latent noise scaled to that level, ``x̂0 = (σ z − σ ε(σ z, t_init, e)) / √ᾱ`` with
+    ``σ = √(1 − ᾱ_{t_init})``, decoded by the VAE. Guidance was distilled into the network: a request's guidance
+    weight is not used, and NFE is 1."""
+
+    kind = "one-step"
+
+    def __init__(self, model: SDModel, unet: nn.Module, t_init: int, px: int, weights: str = "ema",
+                 batch_size: int = 16, noise_blocks: int = 1, dtype: torch.dtype = torch.float32,
+                 text_encoder: nn.Module | None = None) -> None:
+        super().__init__(model, unet, 1, 1.0, px, weights, batch_size, noise_blocks, dtype, text_encoder)
+        self.t_init = int(t_init)
+        self.nfe = 1
+
+    @classmethod
+    def like(cls, base: PromptSampler, t_init: int) -> OneStepPromptSampler:
+        """The one-step sampler with ``base``'s model, network, size, batch, noise and precision."""
+        return cls(base.model, base.net, t_init, base.px, base.weights, base.batch_size, base.noise_blocks,
+                   base.dtype, base.text_encoder)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "output": self.kind, "nfe_declared": 1, "sampler": "one-step",
+                "sampler_steps": 1, "guidance_s": 1.0, "guidance_w": 0.0, "t_init": self.t_init}
+
+    def x0(self, z: Tensor, e: Tensor) -> Tensor:
+        ab = float(self.model.alphas_cumprod[self.t_init])
+        sigma = (1.0 - ab) ** 0.5
+        x = sigma * z
+        t = torch.full((z.shape[0],), self.t_init, dtype=torch.long, device=z.device)
+        return (x - sigma * eps_pred(self.net, x, t, e)) / ab ** 0.5
+
+    def _render(self, z: Tensor, prompts: list[str], guidance: float) -> Tensor:
+        m = self.model
+        return m.decode(self.x0(z.to(m.device), self.text(prompts)))
