@@ -213,7 +213,7 @@ def epsilon_mse(st: DistillState, net: nn.Module, x0: Tensor, c: Tensor) -> Tens
     on class tasks, uniform t on concept tasks."""
     d = st.sched
     if isinstance(d, LatentSchedule):
-        return d.plain_loss(net, x0, c)
+        return d.simple_loss(net, x0, c, guided=False)
     return d.simple_loss(net, x0, c, 0.0, t=d.antithetic_t(len(x0)))
 
 

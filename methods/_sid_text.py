@@ -58,10 +58,6 @@ class LatentSchedule:
     def uniform_t(self, batch: int, low: int, high: int) -> Tensor:
         return torch.randint(low, high, (batch,), device=self.device)
 
-    def antithetic_t(self, batch: int) -> Tensor:
-        """PECKER's saliency draw on concept tasks: uniform over every timestep (SD's training draw)."""
-        return self.uniform_t(batch, 0, self.T)
-
     def generator_eps(self, net: nn.Module, z: Tensor, t: Tensor, e: Tensor, p_drop: float = 0.0) -> Tensor:
         return self.ctx.eps(net, z, t, e, p_drop)
 
@@ -71,19 +67,14 @@ class LatentSchedule:
         return self.ctx.guided_eps(net, z, t, e, self.guidance - 1.0)
 
     def simple_loss(self, net: nn.Module, x0: Tensor, c: Tensor, p_drop: float = 0.0, t: Tensor | None = None,
-                    noise: Tensor | None = None) -> Tensor:
+                    noise: Tensor | None = None, guided: bool = True) -> Tensor:
         """The reference's fake-score loss: squared error of the guided prediction, SUM over latent
-        elements, MEAN over the batch (``sum() / batch``), the same reduction as the class tasks' L_simple."""
+        elements, MEAN over the batch (``sum() / batch``), the same reduction as the class tasks' L_simple;
+        ``guided=False`` is the generator's own unguided ε-MSE (PECKER's saliency loss)."""
         t = self.uniform_t(x0.shape[0], 0, self.T) if t is None else t
         noise = torch.randn_like(x0) if noise is None else noise
-        pred = self.eps(net, self.q_sample(x0, t, noise), t, c)
-        return (noise - pred).pow(2).flatten(1).sum(1).mean()
-
-    def plain_loss(self, net: nn.Module, x0: Tensor, c: Tensor) -> Tensor:
-        """The unguided epsilon-MSE (PECKER's saliency loss), same reduction."""
-        t = self.antithetic_t(x0.shape[0])
-        noise = torch.randn_like(x0)
-        pred = self.generator_eps(net, self.q_sample(x0, t, noise), t, c)
+        eps = self.eps if guided else self.generator_eps
+        pred = eps(net, self.q_sample(x0, t, noise), t, c)
         return (noise - pred).pow(2).flatten(1).sum(1).mean()
 
 
