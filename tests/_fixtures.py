@@ -115,3 +115,17 @@ def write_prompt_files(d: Path) -> Path:
     (d / "celebrity-brad-pitt.txt").write_text("Brad Pitt smiling.\n\n  Brad Pitt in a suit.  \n", encoding="utf-8")
     (d / "celebrity-angelina-jolie.txt").write_text("Angelina Jolie.\nAngelina Jolie at night.", encoding="utf-8")
     return d
+
+
+def smoke_cells(driver, task: str, forget_class: int = 0, seed: int = 0):
+    """``get(method) -> row``: each method's smoke cell on ``task``, run once per module and remembered."""
+    from bench.engine.driver import CellSpec
+
+    cache: dict[str, dict] = {}
+
+    def get(name: str) -> dict:
+        if name not in cache:
+            cache[name] = driver.run(CellSpec(task, name, forget_class=forget_class, seed=seed, profile="smoke"))
+        return cache[name]
+
+    return get

@@ -99,7 +99,8 @@ def test_list_commands(cache_root, tmp_path):
     r = bench("list", "methods", cache=cache_root)
     assert r.returncode == 0 and "salun" in r.stdout and "citation" in r.stdout
     assert "ua" in bench("list", "metrics", cache=cache_root).stdout
-    assert "digits-class" in bench("list", "tasks", cache=cache_root).stdout
+    tasks = bench("list", "tasks", cache=cache_root).stdout
+    assert "digits-class" in tasks and "digits-dit" in tasks and "base model dit" in tasks
     (tmp_path / "extra_method.py").write_text(
         "from dataclasses import dataclass\nfrom bench.method import Method, register_method\n"
         "@register_method('cli-plugin-test')\nclass P(Method):\n    @dataclass(frozen=True)\n    class Config:\n"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from _fixtures import smoke_cells
 
-from bench.engine.driver import CellSpec
 from bench.engine.plugins import load_all
 from bench.method import METHODS, methods_for
 
@@ -27,14 +27,7 @@ ERASER_UA_GAIN, ERASER_RETAIN = 0.5, 0.6
 
 @pytest.fixture(scope="module")
 def rows(driver):
-    cache: dict[str, dict] = {}
-
-    def get(name: str) -> dict:
-        if name not in cache:
-            cache[name] = driver.run(CellSpec("sd-digits", name, forget_class=0, seed=0, profile="smoke"))
-        return cache[name]
-
-    return get
+    return smoke_cells(driver, "sd-digits")
 
 
 def test_the_base_model_draws_the_requested_digits(rows):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from _fixtures import smoke_cells
 
 from bench.engine.driver import CellSpec
 from bench.engine.plugins import load_all
@@ -28,14 +29,7 @@ RETAIN_FLOOR = 0.6  # the Original keeps ~0.99 at smoke; a destroyed model draws
 
 @pytest.fixture(scope="module")
 def rows(driver):
-    cache: dict[str, dict] = {}
-
-    def get(name: str) -> dict:
-        if name not in cache:
-            cache[name] = driver.run(CellSpec("digits-class", name, forget_class=0, seed=0, profile="smoke"))
-        return cache[name]
-
-    return get
+    return smoke_cells(driver, "digits-class")
 
 
 def _expect(name: str, check: str):

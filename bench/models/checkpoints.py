@@ -10,7 +10,8 @@ Accepted inputs for :func:`load_base_model`:
   :class:`~bench.models.nets.CondUNet` state dict (for a diffusers task, a bare ``UNet2DModel`` state dict
   also works);
 * a folder written by :meth:`RefUNet.save` (``config.json`` with ``"arch": "reference-unet"``);
-* a diffusers folder: a pipeline folder with ``unet/`` or a bare ``UNet2DModel`` folder;
+* a diffusers folder: a pipeline folder with ``unet/`` or a bare ``UNet2DModel`` folder; for a DiT task, a
+  ``DiTPipeline`` folder with ``transformer/`` or a bare ``DiTTransformer2DModel`` folder;
 * the harness's own base-model folder, with ``raw/`` and ``ema/`` subfolders of either kind.
 
 Whatever the file holds, the weights go into a freshly built model of the task's architecture (its own,
@@ -31,11 +32,13 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from bench.core.errors import BenchError
+from bench.models.dit import ARCH as DIT_ARCH
+from bench.models.dit import CLASS_NAME as DIT_CLASS
 from bench.models.factory import build_unet
 from bench.models.refunet import ARCH as REFERENCE_ARCH
 
 DIFFUSERS_ARCH = "diffusers-unet"
-ARCHS = (REFERENCE_ARCH, DIFFUSERS_ARCH)
+ARCHS = (REFERENCE_ARCH, DIFFUSERS_ARCH, DIT_ARCH)
 TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 NO_EMA = "this checkpoint has no EMA shadow; use --base-weights raw"
 _SHOW = 5  # differing keys named in a mismatch message
@@ -86,8 +89,12 @@ def check_state(net: nn.Module, state: Mapping[str, Tensor], path: Path | str, a
     shown += [f"{k}: expected {list(expected[k])}, found none" for k in missing[:n_missing]]
     shown += [f"{k}: expected none, found {list(found[k])}" for k in unexpected[:room - n_missing]]
     guess = _guess_arch(found)
-    hint = (f"; the file looks like a {guess} checkpoint (on the real image tasks, --unet "
-            f"{guess.split('-')[0]} selects that architecture)" if guess and guess != arch else "")
+    hint = ""
+    if guess == DIT_ARCH and arch != DIT_ARCH:
+        hint = "; the file looks like a DiT checkpoint (run it on a DiT task, e.g. digits-dit)"
+    elif guess and guess != arch:
+        hint = (f"; the file looks like a {guess} checkpoint (on the real image tasks, --unet "
+                f"{guess.split('-')[0]} selects that architecture)")
     raise BenchError(
         f"{path}: checkpoint does not match the task's {arch or 'model'} architecture: "
         f"{len(wrong)} tensor(s) with other shapes, {len(missing)} missing, {len(unexpected)} unexpected"
@@ -156,6 +163,8 @@ def _tensors(obj, path: Path, what: str) -> dict[str, Tensor]:
 
 def _read_folder(path: Path, task_arch: dict, num_classes: int, weights: str) -> dict[str, Tensor]:
     cfg_file = path / "config.json"
+    if task_arch.get("arch") == DIT_ARCH:
+        return _read_dit_folder(path, num_classes, weights)
     if (path / "unet").is_dir():
         return _read_diffusers(path / "unet")
     if not cfg_file.exists():
@@ -189,6 +198,36 @@ def _read_diffusers(folder: Path) -> dict[str, Tensor]:
     return {f"unet.{k}": v for k, v in unet.state_dict().items()}
 
 
+def _read_dit_folder(path: Path, num_classes: int, weights: str) -> dict[str, Tensor]:
+    """A DiT task's checkpoint folder: a ``DiTPipeline`` folder (``transformer/``), a bare
+    ``DiTTransformer2DModel`` folder, or the harness's ``raw/``/``ema/`` layout of one."""
+    if (path / "transformer").is_dir():
+        path = path / "transformer"
+    elif not (path / "config.json").exists() and (path / weights).is_dir():
+        path = path / weights
+    cfg_file = path / "config.json"
+    if (path / "unet").is_dir() or not cfg_file.exists():
+        what = "a U-Net pipeline folder (unet/)" if (path / "unet").is_dir() else "no config.json or transformer/"
+        raise BenchError(f"{path}: not a DiT checkpoint ({what}); a DiT task needs a DiTPipeline folder with "
+                         f"transformer/ or a DiTTransformer2DModel folder")
+    try:
+        meta = json.loads(cfg_file.read_text())
+    except Exception as exc:
+        raise BenchError(f"{cfg_file}: cannot read: {exc}") from exc
+    if meta.get("_class_name") != DIT_CLASS:
+        found = meta.get("_class_name") or meta.get("arch") or "an unnamed model"
+        raise BenchError(f"{path}: holds {found}, not a {DIT_CLASS}; a DiT task needs a DiT checkpoint")
+    if int(meta.get("num_embeds_ada_norm") or -1) != num_classes:
+        raise BenchError(f"{path}: DiT has {meta.get('num_embeds_ada_norm')} classes, the task has {num_classes}")
+    from diffusers import DiTTransformer2DModel
+
+    try:
+        dit = DiTTransformer2DModel.from_pretrained(path, local_files_only=True)
+    except Exception as exc:
+        raise BenchError(f"{path}: cannot load a diffusers DiTTransformer2DModel: {exc}") from exc
+    return {f"dit.{k}": v for k, v in dit.state_dict().items()}
+
+
 # --- names -----------------------------------------------------------------------------------------
 def _strip(key: str) -> str:
     return key[len("module."):] if key.startswith("module.") else key
@@ -201,6 +240,8 @@ def _normalise_keys(state: Mapping[str, Tensor], arch: str) -> dict[str, Tensor]
     if arch == DIFFUSERS_ARCH and out and not any(k.startswith("unet.") for k in out) \
             and _guess_arch(out) == DIFFUSERS_ARCH:
         out = {f"unet.{k}": v for k, v in out.items()}
+    if arch == DIT_ARCH and out and not any(k.startswith("dit.") for k in out) and _guess_arch(out) == DIT_ARCH:
+        out = {f"dit.{k}": v for k, v in out.items()}
     return out
 
 
@@ -210,4 +251,6 @@ def _guess_arch(keys) -> str | None:
         return REFERENCE_ARCH
     if any(k.startswith(("unet.time_embedding.", "time_embedding.")) for k in keys):
         return DIFFUSERS_ARCH
+    if any(k.startswith(("dit.pos_embed.", "pos_embed.proj.")) for k in keys):
+        return DIT_ARCH
     return None

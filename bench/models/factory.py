@@ -1,7 +1,8 @@
 """Build, save and load a task's diffusion U-Net, whichever architecture the task declares.
 
 ``reference-unet``: the papers' class-conditional U-Net (:mod:`bench.models.refunet`);
-``diffusers-unet``: a diffusers ``UNet2DModel`` with a class-embedding table (:class:`bench.models.nets.CondUNet`).
+``diffusers-unet``: a diffusers ``UNet2DModel`` with a class-embedding table (:class:`bench.models.nets.CondUNet`);
+``dit``: a diffusers ``DiTTransformer2DModel`` (:class:`bench.models.dit.CondDiT`).
 A saved folder says which it holds in its ``config.json``. ``--unet diffusers`` rebuilds a reference task
 with the diffusers network (:func:`diffusers_config`, :func:`select_unet`).
 """
@@ -15,10 +16,12 @@ from pathlib import Path
 from torch import nn
 
 from bench.core.errors import BenchError
+from bench.models.dit import CLASS_NAME as DIT_CLASS
+from bench.models.dit import CondDiT
 from bench.models.nets import CondUNet
 from bench.models.refunet import RefUNet, normalise_config
 
-ARCHES = ("reference-unet", "diffusers-unet")
+ARCHES = ("reference-unet", "diffusers-unet", "dit")
 UNET_CHOICES = {"reference": "reference-unet", "diffusers": "diffusers-unet"}  # --unet value -> arch
 
 
@@ -27,18 +30,25 @@ def build_unet(arch: str, config: dict, num_classes: int) -> nn.Module:
         return RefUNet(config, num_classes)
     if arch == "diffusers-unet":
         return CondUNet(config, num_classes)
+    if arch == "dit":
+        return CondDiT(config, num_classes)
     raise ValueError(f"unknown U-Net architecture {arch!r}; choose from {', '.join(ARCHES)}")
 
 
 def saved_arch(folder: Path) -> str:
     cfg = json.loads((Path(folder) / "config.json").read_text())
+    if cfg.get("_class_name") == DIT_CLASS:
+        return "dit"
     return cfg.get("arch", "diffusers-unet")
 
 
 def load_unet(folder: Path, num_classes: int) -> nn.Module:
-    """A U-Net saved by ``net.save(folder)`` (either architecture)."""
-    if saved_arch(folder) == "reference-unet":
+    """A network saved by ``net.save(folder)`` (any of the architectures)."""
+    arch = saved_arch(folder)
+    if arch == "reference-unet":
         return RefUNet.load(folder, num_classes)
+    if arch == "dit":
+        return CondDiT.load(folder, num_classes)
 
     return CondUNet.load(folder, num_classes)
 
