@@ -6,6 +6,7 @@ which tables show as "n/a" — never a silent zero.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -159,27 +160,70 @@ def imagenet_logits(net, imgs_u8: torch.Tensor, device, batch: int = 32) -> torc
 
 @register_metric("clip_score")
 class ClipScore(ConceptMetric):
-    directions = {"clip_score": True}
-    definition = "100 * max(cos(image, prompt), 0) with a user CLIP model (--clip-model), on the remain sets"
+    """Prompt-image agreement from a user's CLIP model: on the remain sets, how well the kept concepts are still
+    drawn; on the forget sets, how much of the erased prompt the images still show (a probe: lower is better)."""
+
+    directions = {"clip_score": True, "clip_score_forget": False}
+    definition = ("mean over images of 100 * max(cos(CLIP image, CLIP prompt), 0) with a user CLIP model "
+                  "(--clip-model, a transformers CLIPModel folder): clip_score on the remain sets, "
+                  "clip_score_forget on the forget sets")
     default = False
 
     def compute(self, ev) -> dict:
         if not ev.options.clip_model:
             return self.unavailable("pass --clip-model DIR (a transformers CLIPModel folder, e.g. ViT-L/14); "
                                     "SD's text encoder has no image tower")
-        return self.unavailable("the CLIP score is not implemented in this version")
+        from metrics.clip import ClipScorer
+
+        scorer = ClipScorer(ev.options.clip_model, ev.assets.device)
+        out: dict[str, Any] = {"clip_model": str(ev.options.clip_model)}
+        for use, key in (("remain", "clip_score"), ("forget", "clip_score_forget")):
+            scores = [scorer.scores(imgs, [r.prompt for r in es.requests]) for _n, es, imgs in ev.of_use(use)]
+            out[key] = float(torch.cat(scores).mean()) if scores else math.nan
+            out[f"{key}_n"] = sum(len(x) for x in scores)
+        return out
 
 
 @register_metric("fid_coco")
 class FidCoco(ConceptMetric):
+    """FID of the images of the COCO caption set against the user's real COCO images."""
+
     directions = {"fid_coco": False}
-    definition = "FID of the coco-Nk images against the user's COCO val2014 images (--coco-images)"
+    definition = ("FID (Inception-v3 pool features, clean-fid resizing) of the images generated from the COCO "
+                  "captions (coco-1k / coco-10k) against the real images of the user's COCO folder (--coco-images)")
     default = False
 
     def compute(self, ev) -> dict:
         if not ev.options.coco_images:
             return self.unavailable("pass --coco-images DIR (COCO val2014 images named by image_id)")
-        return self.unavailable("FID against COCO is not implemented in this version")
+        gen = [imgs for _n, es, imgs in ev.of_use("remain") if es.name.startswith("coco")]
+        if not gen:
+            return self.unavailable(f"{ev.task.name} has no COCO caption set in this profile")
+        ext, why = _inception(ev)
+        if ext is None:
+            return self.unavailable(why)
+        return coco_fid(ext, torch.cat(gen), ev.options.coco_images)
+
+
+def coco_fid(features, generated_u8: torch.Tensor, folder) -> dict:
+    """``features``: uint8 images (N, 3, H, W) -> (N, D) array. Every image file in ``folder`` is a reference."""
+    from PIL import Image
+
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if len(files) < 2 or len(generated_u8) < 2:
+        raise BenchError(f"--coco-images {folder}: FID needs at least 2 real and 2 generated images "
+                         f"({len(files)} real, {len(generated_u8)} generated)")
+    ref = []
+    for s in range(0, len(files), 64):
+        by_shape: dict[tuple, list] = {}  # COCO images differ in size; a batch holds one size
+        for f in files[s:s + 64]:
+            a = np.asarray(Image.open(f).convert("RGB"))
+            by_shape.setdefault(a.shape, []).append(a)
+        ref.extend(features(torch.from_numpy(np.stack(g)).permute(0, 3, 1, 2)) for g in by_shape.values())
+    real = np.concatenate(ref)
+    fake = features(generated_u8)
+    return {"fid_coco": frechet_distance(*feature_stats(fake), *feature_stats(real)),
+            "fid_coco_n_gen": len(fake), "fid_coco_n_ref": len(real)}
 
 
 def _inception(ev):
