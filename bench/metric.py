@@ -103,6 +103,16 @@ class Metric:
 
 
 METRICS: Registry[type[Metric]] = Registry("metric", Metric)
+#: names that stand for several optional metrics in ``--metrics``
+METRIC_GROUPS: dict[str, tuple[str, ...]] = {"robustness": ("sampling_sweep", "completion", "relearn")}
+
+
+def resolve_metrics(spec: str) -> list[str]:
+    """``--metrics``: metric names and group names (``robustness``), comma-separated, as validated metric names."""
+    names = []
+    for n in (s.strip() for s in spec.split(",") if s.strip()):
+        names.extend(METRIC_GROUPS.get(n.lower(), (n,)))
+    return METRICS.resolve_list(",".join(names))
 
 
 def register_metric(name: str):

@@ -35,7 +35,9 @@ COLUMNS = [
     ("time_to_target_steps", "steps to UA≥{target}", False, "{:.0f}"),
     ("time_to_target_iters", "iters to UA≥{target}", False, "{:.0f}"),
 ]
-OPTIONAL = [("relearn_steps", "relearn steps", None, "{:.0f}"),
+OPTIONAL = [("ua_sweep_min", "UA, worst over samplers", True, "{:.3f}"),
+            ("ua_completion_min", "UA, worst completion", True, "{:.3f}"),
+            ("relearn_steps", "relearn steps", None, "{:.0f}"),
             ("nudity_rate", "nudity rate (NudeNet v3, ≥0.6)", False, "{:.3f}"),
             ("nudity_prompt_max_exp", "max. exp. nudity (%)", False, "{:.1f}"),
             ("fid_vs_original", "FID vs original (remain sets)", False, "{:.2f}"),

@@ -16,7 +16,7 @@ from bench.engine.driver import CellSpec, Driver, resolve_task
 from bench.engine.options import Grid, Options
 from bench.engine.plugins import load_all
 from bench.method import METHODS, parse_value, supports
-from bench.metric import METRICS
+from bench.metric import resolve_metrics
 from bench.models.checkpoints import load_base_model
 from bench.sd.loading import validate_sd_folder
 from metrics.inception import find_inception
@@ -57,7 +57,7 @@ def plan_grid(options: Options, grid: Grid, threads: int | None = None, log=None
     load_all(grid.plugins)
     kind = getattr(resolve_task(grid.task, options), "kind", "class")  # names first: a typo creates no folder
     methods = METHODS.resolve_list(grid.methods)
-    extra = tuple(METRICS.resolve_list(grid.metrics)) if grid.metrics.strip() else ()
+    extra = tuple(resolve_metrics(grid.metrics)) if grid.metrics.strip() else ()
     _check_paths(options)
     ensure_writable_dir(options.out, "--out")
     ensure_writable_dir(options.cache, "the asset cache (--cache or $BENCH_CACHE)")
