@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file
 
 from bench.assets.training import predict
@@ -20,6 +21,7 @@ from bench.metric import Metric, register_metric
 from bench.sd.digits import to_digits_space
 from bench.tasks.sd import IMAGENETTE_CLASSES
 from metrics._fidelity import torch_fidelity_metrics
+from metrics.clip import ClipScorer
 from metrics.inception import InceptionFeatures, feature_stats, find_inception, frechet_distance
 from metrics.nudity import NudeNetDetector, nudity_values
 
@@ -173,8 +175,6 @@ class ClipScore(ConceptMetric):
         if not ev.options.clip_model:
             return self.unavailable("pass --clip-model DIR (a transformers CLIPModel folder, e.g. ViT-L/14); "
                                     "SD's text encoder has no image tower")
-        from metrics.clip import ClipScorer
-
         scorer = ClipScorer(ev.options.clip_model, ev.assets.device)
         out: dict[str, Any] = {"clip_model": str(ev.options.clip_model)}
         for use, key in (("remain", "clip_score"), ("forget", "clip_score_forget")):
@@ -207,8 +207,6 @@ class FidCoco(ConceptMetric):
 
 def coco_fid(features, generated_u8: torch.Tensor, folder) -> dict:
     """``features``: uint8 images (N, 3, H, W) -> (N, D) array. Every image file in ``folder`` is a reference."""
-    from PIL import Image
-
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if len(files) < 2 or len(generated_u8) < 2:
         raise BenchError(f"--coco-images {folder}: FID needs at least 2 real and 2 generated images "
