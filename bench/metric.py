@@ -41,6 +41,11 @@ class EvalContext:
             self.cache[key] = predict(self.assets.classifier(), from_uint8(imgs))
         return self.cache[key]
 
+    def forget_accuracy(self, imgs_u8: Tensor) -> float:
+        """Share of the given images the task classifier reads as the forget class (1 - UA of those images)."""
+        pred = predict(self.assets.classifier(), from_uint8(imgs_u8)).argmax(1)
+        return float((pred == self.forget_class).float().mean())
+
     def real_remain(self) -> Tensor:
         """Real remaining-class training images (uint8) — the FID reference set (the first
         ``fid_ref_per_class`` of each remaining class in file order when the profile sets it)."""

@@ -25,9 +25,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.assets.training import predict
 from bench.metric import EvalContext, Metric, register_metric
-from bench.models.diffusion import from_uint8
 from bench.models.generators import DiffusionSampler, eval_mode
 
 SWEEP_SEED_OFFSET = 5_000_011
@@ -37,8 +35,7 @@ COMPLETION_LEVELS = (0.3, 0.5, 0.7)
 
 
 def _ua(ev: EvalContext, imgs_u8: torch.Tensor) -> float:
-    pred = predict(ev.assets.classifier(), from_uint8(imgs_u8)).argmax(1)
-    return float((pred != ev.forget_class).float().mean())
+    return 1.0 - ev.forget_accuracy(imgs_u8)
 
 
 class _Probe(Metric):

@@ -31,10 +31,8 @@ from typing import Any
 
 import torch
 
-from bench.assets.training import predict
 from bench.datasets.streams import batch_stream
 from bench.metric import EvalContext, Metric, register_metric
-from bench.models.diffusion import from_uint8
 from bench.models.generators import DiffusionSampler
 
 RELEARN_SEED_OFFSET = 4_000_037
@@ -92,13 +90,11 @@ class RelearnTime(Metric):
         net.to(dev)
         sampler = DiffusionSampler(net, gen.diffusion, p.sampler_steps, p.guidance, p.eta, gen.image_shape,
                                    gen.weights)
-        clf = ev.assets.classifier()
         labels = torch.full((n_samples,), ev.forget_class, dtype=torch.long)
         seed = ev.seed + RELEARN_SEED_OFFSET
 
         def acc_f() -> float:
-            imgs = sampler.sample(labels, seed=seed)
-            return float((predict(clf, from_uint8(imgs)).argmax(1) == ev.forget_class).float().mean())
+            return ev.forget_accuracy(sampler.sample(labels, seed=seed))
 
         acc = acc0 = acc_f()
         if acc >= self.threshold:
