@@ -171,6 +171,9 @@ class UnlearnContext(RunRecords):
         Its cost (wall seconds, optimizer steps, backward passes, peak memory) was measured by the
         harness when it was built and is carried into this run's row, whether the cache was hit or
         not; the build itself is excluded from this run's own measurements."""
+        reason = getattr(self.family, "no_retrain", "")  # a task whose base model the harness cannot train
+        if reason:
+            self.skip(reason)
         with self.unmeasured():
             net, meta = self.assets.retrain(self.forget_class, steps, weights)
         self.carried = {"seconds": meta["train_seconds"], "optimizer_steps": meta["steps"],
@@ -452,6 +455,8 @@ class UnlearnContext(RunRecords):
 
     def one_step(self, net: nn.Module, fn: Callable[[nn.Module, Tensor, Tensor], Tensor],
                  weights: str = "ema") -> OneStepGenerator:
-        """A one-step generator: ``fn(net, z, labels)`` maps N(0, I) noise to images in [-1, 1]."""
-        return OneStepGenerator(net, fn, self.image_shape, weights)
+        """A one-step generator: ``fn(net, z, labels)`` maps N(0, I) noise to images in [-1, 1] (on a latent task
+        to latents, which the family's VAE decodes)."""
+        decode = getattr(self.family, "decode_latents", None)
+        return OneStepGenerator(net, fn, self.image_shape, weights, decode=decode)
 

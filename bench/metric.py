@@ -14,6 +14,8 @@ from bench.core.registry import Registry
 from bench.models.diffusion import from_uint8
 from bench.models.generators import Generator
 
+PROBE_GRID_IMAGES = 8
+
 
 @dataclass
 class EvalContext:
@@ -28,6 +30,8 @@ class EvalContext:
     remain_images: Tensor  # uint8 (9 * n_per_class, C, H, W)
     remain_labels: Tensor  # the class each remain image was conditioned on
     cache: dict[str, Any] = field(default_factory=dict)
+    #: a few images per probe setting (uint8), drawn into the cell's ``probes.png``
+    probe_images: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -41,8 +45,11 @@ class EvalContext:
             self.cache[key] = predict(self.assets.classifier(), from_uint8(imgs))
         return self.cache[key]
 
-    def forget_accuracy(self, imgs_u8: Tensor) -> float:
-        """Share of the given images the task classifier reads as the forget class (1 - UA of those images)."""
+    def forget_accuracy(self, imgs_u8: Tensor, show_as: str = "") -> float:
+        """Share of the given images the task classifier reads as the forget class (1 - UA of those images);
+        ``show_as`` keeps the first 8 for the cell's probe grid under that name."""
+        if show_as:
+            self.probe_images[show_as] = imgs_u8[:PROBE_GRID_IMAGES].cpu()
         pred = predict(self.assets.classifier(), from_uint8(imgs_u8)).argmax(1)
         return float((pred == self.forget_class).float().mean())
 
@@ -55,7 +62,9 @@ class EvalContext:
 @dataclass
 class ConceptEvalContext:
     """What a concept-task metric sees: rendered images per evaluation set, the model assets, the cell's
-    concept and the run's options (paths of optional metric inputs such as ``clip_model``)."""
+    concept and the run's options (paths of optional metric inputs such as ``clip_model``); for the recovery
+    probes also the sampler that rendered the sets (the method's UNet, guidance rule and text encoder; None
+    when nothing was rendered) and the cell seed."""
 
     assets: Any
     task: Any
@@ -63,12 +72,17 @@ class ConceptEvalContext:
     concept: int
     sets: dict[str, tuple[str, Any, Tensor]]  # name -> (use, EvalSet, uint8 images in request order)
     options: Any
+    sampler: Any = None
+    seed: int = 0
 
     def of_use(self, use: str) -> list[tuple[str, Any, Tensor]]:
         return [(n, es, imgs) for n, (u, es, imgs) in self.sets.items() if u == use]
 
 
 def real_remain(assets: Assets, forget_class: int) -> Tensor:
+    own = getattr(assets, "real_remain", None)  # assets whose images stay on disk choose their reference set
+    if own is not None:
+        return own(forget_class)
     s = assets.splits
     keep = s.train_y != forget_class
     n = assets.profile.fid_ref_per_class
@@ -108,8 +122,11 @@ class Metric:
 
 
 METRICS: Registry[type[Metric]] = Registry("metric", Metric)
-#: names that stand for several optional metrics in ``--metrics``
-METRIC_GROUPS: dict[str, tuple[str, ...]] = {"robustness": ("sampling_sweep", "completion", "relearn")}
+#: names that stand for several optional metrics in ``--metrics``; a cell keeps those that apply to its task
+#: (the class probes on class tasks, the concept probes on concept tasks)
+METRIC_GROUPS: dict[str, tuple[str, ...]] = {"robustness": ("sampling_sweep", "completion", "embedding_attack",
+                                                                "relearn", "concept_sweep", "concept_completion",
+                                                                "concept_token_attack", "concept_relearn")}
 
 
 def resolve_metrics(spec: str) -> list[str]:

@@ -34,8 +34,8 @@ SWEEP_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0)
 COMPLETION_LEVELS = (0.3, 0.5, 0.7)
 
 
-def _ua(ev: EvalContext, imgs_u8: torch.Tensor) -> float:
-    return 1.0 - ev.forget_accuracy(imgs_u8)
+def _ua(ev: EvalContext, imgs_u8: torch.Tensor, setting: str) -> float:
+    return 1.0 - ev.forget_accuracy(imgs_u8, show_as=setting)
 
 
 class _Probe(Metric):
@@ -78,7 +78,7 @@ class SamplingSweep(_Probe):
         out = {}
         for key, (steps, w, eta) in grid.items():
             sampler = DiffusionSampler(gen.net, gen.diffusion, steps, w, eta, gen.image_shape, gen.weights)
-            out[key] = _ua(ev, sampler.sample(labels, seed=seed))
+            out[key] = _ua(ev, sampler.sample(labels, seed=seed), key)
         return out, n
 
 
@@ -104,7 +104,8 @@ class Completion(_Probe):
             for cond, label, w in (("forget", ev.forget_class, p.guidance), ("null", null, 0.0)):
                 c = torch.full((len(x0),), label, dtype=torch.long, device=dev)
                 x = ddim_from(gen.net, d, x_t, t_start, c, w, p.sampler_steps)
-                out[f"ua_complete_{cond}_{level:g}"] = _ua(ev, ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+                key = f"ua_complete_{cond}_{level:g}"
+                out[key] = _ua(ev, ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8), key)
         return out, len(x0)
 
 

@@ -94,7 +94,7 @@ class RelearnTime(Metric):
         seed = ev.seed + RELEARN_SEED_OFFSET
 
         def acc_f() -> float:
-            return ev.forget_accuracy(sampler.sample(labels, seed=seed))
+            return ev.forget_accuracy(sampler.sample(labels, seed=seed), show_as="relearn, last check")
 
         acc = acc0 = acc_f()
         if acc >= self.threshold:

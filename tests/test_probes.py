@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from bench.core.errors import BenchError
 from bench.engine.driver import CellSpec
 from bench.metric import resolve_metrics
 from bench.models.diffusion import Diffusion
+from bench.reports.reporter import Reporter
 from metrics.probes import ddim_from
 
 
@@ -45,8 +48,8 @@ def test_ddim_from_a_noised_image_returns_the_clean_image_under_an_exact_noise_o
 
 
 def test_robustness_is_a_group_of_metrics():
-    assert resolve_metrics("robustness") == ["sampling_sweep", "completion", "relearn"]
-    assert resolve_metrics("relearn, Robustness") == ["relearn", "sampling_sweep", "completion"]
+    assert resolve_metrics("robustness")[:4] == ["sampling_sweep", "completion", "embedding_attack", "relearn"]
+    assert resolve_metrics("relearn, Robustness")[:4] == ["relearn", "sampling_sweep", "completion", "embedding_attack"]
     with pytest.raises(BenchError, match="robustnes"):
         resolve_metrics("robustnes")
 
@@ -58,7 +61,7 @@ def probed(driver):
     def get(name: str) -> dict:
         if name not in cache:
             cache[name] = driver.run(CellSpec("digits-class", name, forget_class=0, seed=0, profile="smoke",
-                                              metrics=("sampling_sweep", "completion")))
+                                              metrics=("sampling_sweep", "completion", "embedding_attack")))
         return cache[name]
 
     return get
@@ -89,3 +92,31 @@ def test_one_step_generators_get_a_reason_not_a_number(probed):
     assert math.isnan(float(row["ua_sweep_min"])) and math.isnan(float(row["ua_completion_min"]))
     assert row["sweep_note"].startswith("not applicable: one-step")
     assert row["completion_note"].startswith("not applicable: one-step")
+
+
+def test_embedding_attack_on_real_cells(probed):
+    orig, ga = probed("original"), probed("ga")
+    for row in (orig, ga):
+        assert row["asr_embed_attack"] == pytest.approx(1 - row["ua_embed_attack"])
+        assert row["embed_attack_steps"] == 10 and row["embed_attack_images"] == 8 and row["embed_attack_n"] == 16
+        assert row["embed_attack_s"] > 0 and row["embed_attack_note"] == ""
+    assert orig["ua_embed_before"] <= 0.1  # the base model draws zeros for "0" before any attack
+    # GA pushed the denoising loss of zeros up; the attacked row brings it down again
+    assert ga["embed_attack_loss"] < ga["embed_attack_loss0"]
+    sfd = probed("sfd")
+    assert math.isnan(float(sfd["ua_embed_attack"])) and sfd["embed_attack_note"].startswith("not applicable")
+
+
+def test_the_probe_grid_shows_every_setting_and_reaches_the_report(probed, driver, tmp_path):
+    rows = [probed(m) for m in ("original", "sfd")]
+    src = driver.options.out / "digits-class" / "runs"
+    out = tmp_path / "digits-class"
+    for row in rows:
+        shutil.copytree(src / row["cell"], out / "runs" / row["cell"])
+    grid = out / "runs" / rows[0]["cell"] / "probes.png"
+    settings = 7 + 6 + 2  # sweep, completion, the attack's before/after
+    assert Image.open(grid).height >= settings * 0.62 * 100 * 0.9  # one row of images per setting
+    assert not (out / "runs" / rows[1]["cell"] / "probes.png").exists()  # a one-step generator draws none
+    Reporter(out).finish(quiet=True)
+    assert (out / "samples" / "original_probes_smoke.png").is_file()  # profiles other than fast carry a suffix
+    assert "What the recovery probes drew" in (out / "report.html").read_text()

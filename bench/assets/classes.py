@@ -19,7 +19,7 @@ from bench.core.hashing import atomic_file, content_hash, file_sha256, user_mode
 from bench.core.measure import PeakMemory, Stopwatch
 from bench.core.precision import Precision
 from bench.datasets.streams import batch_stream
-from bench.models.checkpoints import check_state, load_base_model
+from bench.models.checkpoints import check_state, load_base_model, read_classifier_state
 from bench.models.classifiers import build_classifier
 from bench.models.diffusion import Diffusion
 from bench.models.factory import build_unet, load_unet
@@ -225,18 +225,7 @@ class Assets:
         its test accuracy and per-class recall are measured here on the task's test split."""
         if not path.is_file():
             raise BenchError(f"--classifier {path}: no such file")
-        try:
-            state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
-                                                                                           weights_only=True)
-        except Exception as exc:
-            raise BenchError(f"--classifier {path}: cannot read it as safetensors or a weights-only torch file "
-                             f"({type(exc).__name__}: {exc})") from exc
-        for wrapper in ("state_dict", "model"):
-            if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-                state = state[wrapper]
-        if not isinstance(state, dict):
-            raise BenchError(f"--classifier {path}: expected a state dict, found {type(state).__name__}")
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+        state = read_classifier_state(path)
         net = self.make_classifier()
         check_state(net, state, path, f"{self.task.name} classifier")
         net.load_state_dict(state)

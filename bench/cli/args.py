@@ -66,7 +66,8 @@ def grid_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--set", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
                    help="override a method option, e.g. --set salun.lr=1e-5")
     r.add_argument("--metrics", default="",
-                   help="optional metrics to add, e.g. relearn; robustness = sampling_sweep,completion,relearn")
+                   help="optional metrics to add, e.g. relearn; robustness = every recovery probe and attack "
+                        "(docs/protocol.md)")
     r.add_argument("--fid-backend", choices=["torch-fidelity", "clean-fid"], default=None,
                    help="FID library (default: the profile's, torch-fidelity)")
     r.add_argument("--cache", default=None, help="asset cache (default: $BENCH_CACHE or ~/.cache/unlearn-bench)")

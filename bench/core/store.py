@@ -21,6 +21,7 @@ import torch
 from bench.core.hashing import atomic_file, atomic_write_json, atomic_write_text, make_temp_dir, make_temp_file
 
 ROW_FILE = "row.json"
+PROBES_FILE = "probes.png"
 
 
 def task_dir(out: Path, task: str) -> Path:
@@ -109,7 +110,9 @@ def save_png(fig, path: Path, dpi: int) -> None:
 
 def write_cell(folder: Path, row: dict[str, Any], config: dict[str, Any], curve: list[dict], logs: list[dict],
                images: torch.Tensor, labels: torch.Tensor, title: str = "",
-               class_names: list[str] | None = None) -> None:
+               class_names: list[str] | None = None, probe_images: dict[str, torch.Tensor] | None = None) -> None:
+    """Write a finished cell folder atomically: config, curve, log, the sample grid, the probe grid (one
+    row per probe setting, when the cell ran probes) and, last, the row."""
     folder = Path(folder)
     tmp = make_temp_dir(folder.parent, folder.name)
     try:
@@ -119,6 +122,11 @@ def write_cell(folder: Path, row: dict[str, Any], config: dict[str, Any], curve:
         if len(images):  # a skipped cell has no samples
             save_grid(images, labels, tmp / "samples.png", title=title, first=row.get("forget_class"),
                       class_names=class_names)
+        if probe_images:
+            names = list(probe_images)
+            save_grid(torch.cat([probe_images[n] for n in names]),
+                      torch.cat([torch.full((len(probe_images[n]),), i) for i, n in enumerate(names)]),
+                      tmp / PROBES_FILE, title=f"{title}: recovery probes", class_names=names)
         atomic_write_json(tmp / ROW_FILE, row)
         old = None
         if folder.exists():  # a leftover, or the cell being recomputed: move it aside atomically first

@@ -10,7 +10,7 @@ import torch
 
 from bench.assets.classes import BASE_SEED
 from bench.core.errors import BenchError
-from bench.core.hashing import file_sha256
+from bench.core.hashing import user_model_hash
 from bench.core.measure import Counts, PeakMemory
 from bench.engine.outcome import Evaluated, Unlearned
 from bench.engine.probes import ClassProbe
@@ -28,10 +28,10 @@ class ClassEvaluation:
         if getattr(task, "unet_switch", None):  # only then, so cells of the task's own U-Net keep their ids
             out["unet_arch"] = task.arch
         path = driver.options.classifier
-        if path is not None:
-            if not path.is_file():
-                raise BenchError(f"--classifier {path}: no such file")
-            out["classifier"] = file_sha256(path)
+        if path is not None:  # a weights file, or a timm model folder (imagenet-dit)
+            if not path.exists():
+                raise BenchError(f"--classifier {path}: no such file or folder")
+            out["classifier"] = user_model_hash(path)
         return out
 
     def prepare(self) -> None:
@@ -42,7 +42,9 @@ class ClassEvaluation:
     def _warm_up_step(self) -> None:
         a = self.assets
         net = a.base("raw").train()
-        x, y = a.splits.train_x[:8].to(a.device), a.splits.train_y[:8].to(a.device)
+        batch = getattr(a, "warm_up_batch", None)  # latent assets hold no images in memory
+        x, y = batch() if batch is not None else (a.splits.train_x[:8], a.splits.train_y[:8])
+        x, y = x.to(a.device), y.to(a.device)
         with self.driver.precision.autocast(a.device):
             a.diffusion.simple_loss(net, x, y).backward()
 
@@ -55,6 +57,11 @@ class ClassEvaluation:
         return compute()
 
     def evaluate(self, un: Unlearned) -> Evaluated:
+        if un.skip_reason:  # the method drew nothing (Retrain on a task the harness cannot train): NaN columns
+            values = {k: v for name in self.cell.identity["metrics"] for k, v in METRICS.get(name)().empty().items()}
+            a = self.assets
+            return Evaluated(values, 0.0, 0.0, 0.0, 0.0, 0.0, row={**self._facts(), "skip_reason": un.skip_reason},
+                             config={"base": a.base_meta, "classifier": a.classifier_meta})
         cell, a, p = self.cell, self.assets, self.cell.profile
         forget, device = cell.forget, a.device
         remain = [c for c in range(cell.task.num_classes) if c != forget]
@@ -81,9 +88,15 @@ class ClassEvaluation:
             for name in cell.identity["metrics"]:
                 values.update(METRICS.get(name)().compute(ev))
         evaluate_s = time.perf_counter() - t2
+        return Evaluated(values, sample_s, evaluate_s, nfe, mem_sample.peak_mb, mem_eval.peak_mb, imgs, labels,
+                         list(cell.task.class_names), self._facts(),
+                         {"base": a.base_meta, "classifier": a.classifier_meta}, ev.probe_images)
 
+    def _facts(self) -> dict[str, Any]:
+        """The row's facts about the evaluation's inputs: sample counts, data, classifier and base model."""
+        cell, a, p, forget = self.cell, self.assets, self.cell.profile, self.cell.forget
         clf, base = a.classifier_meta, a.base_meta
-        row = {"n_ua": p.n_ua, "n_per_class": p.n_per_class,
+        return {"n_ua": p.n_ua, "n_per_class": p.n_per_class,
                "data_source": a.splits.info.get("data_source", ""),
                "data_sha256": a.splits.info.get("data_sha256", ""),
                "classifier_test_acc": clf.get("test_acc"),
@@ -94,8 +107,6 @@ class ClassEvaluation:
                "base_hash": (base.get("sha256") or base.get("files", {}).get(_raw_weights(base), ""))[:16],
                "base_steps": base.get("steps"),
                "base_source": base.get("path", "harness") if base.get("kind") == "user" else "harness"}
-        return Evaluated(values, sample_s, evaluate_s, nfe, mem_sample.peak_mb, mem_eval.peak_mb, imgs, labels,
-                         list(cell.task.class_names), row, {"base": base, "classifier": clf})
 
     def finish(self) -> None:
         """Nothing to clean up: a class cell keeps no state outside its folder."""

@@ -113,7 +113,7 @@ class ConceptEvaluation:
     def evaluate(self, un: Unlearned) -> Evaluated:
         cell, a, p, shard = self.cell, self.assets, self.cell.profile, self.driver.options.shard
         images: dict[str, tuple[str, Any, torch.Tensor]] = {}
-        sample_s, nfe, peak_sample = 0.0, math.nan, 0.0
+        sample_s, nfe, peak_sample, sampler = 0.0, math.nan, 0.0, None
         if un.generator is not None:
             # the method's guidance rule (SLD), from its description: the same for a fresh and a resumed cell
             sampler = restore(self._sampler(un.generator.net, un.generator.weights,
@@ -143,7 +143,7 @@ class ConceptEvaluation:
 
         t2 = time.perf_counter()
         values: dict[str, Any] = {}
-        ev = ConceptEvalContext(a, cell.task, p, cell.forget, images, self.driver.options)
+        ev = ConceptEvalContext(a, cell.task, p, cell.forget, images, self.driver.options, sampler, cell.spec.seed)
         with PeakMemory(a.device) as mem_eval:
             for name in cell.identity["metrics"]:
                 metric = METRICS.get(name)()

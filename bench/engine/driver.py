@@ -26,6 +26,7 @@ import torch
 
 from bench.assets.classes import Assets
 from bench.assets.concepts import ConceptAssets
+from bench.assets.latent_classes import LatentAssets
 from bench.context import SkipCell, UnlearnContext
 from bench.core.codever import harness_version, method_version
 from bench.core.envinfo import environment
@@ -166,9 +167,10 @@ class Driver:
             if getattr(task, "kind", "class") == "concept":
                 a = ConceptAssets(task, task.profile(profile), self.device, self.cache_root, o.base_model,
                                   o.allow_pickle, o.prompts_dir, self._log, o.forget_images, o.remain_images)
-            else:
-                a = Assets(task, self.profile(task, profile), self.device, self.cache_root, base_seed, self.precision,
-                           o.data_root, o.base_model, o.base_weights, o.classifier)
+            else:  # a latent task (imagenet-dit) streams its data and brings every model from the user
+                make = LatentAssets if getattr(task, "latent", False) else Assets
+                a = make(task, self.profile(task, profile), self.device, self.cache_root, base_seed, self.precision,
+                         o.data_root, o.base_model, o.base_weights, o.classifier)
                 a.inception_weights = str(o.inception_weights) if o.inception_weights else None
             self._assets[key] = a
         return self._assets[key]
@@ -180,7 +182,7 @@ class Driver:
         if self._base_model_hash is None:
             if not path.exists():
                 raise BenchError(f"--base-model {path}: no such file or folder")
-            if (path / "model_index.json").is_file():  # a diffusers SD folder: its weights
+            if (path / "model_index.json").is_file() and (path / "unet").is_dir():  # a diffusers SD folder: its weights
                 self._base_model_hash = base_hash(folder_hashes(path))
             else:
                 self._base_model_hash = user_model_hash(path)
@@ -212,7 +214,8 @@ class Driver:
                              f"{', '.join(methods_for(kind))}")
         cfg = resolve_config(cls, task, profile, spec.overrides, spec.iters)
         o = self.options
-        metrics = sorted(set(default_metrics(kind)) | set(spec.metrics))
+        # an optional metric of the other task kind (``--metrics robustness`` names both kinds' probes) is left out
+        metrics = sorted(set(default_metrics(kind)) | {m for m in spec.metrics if METRICS.get(m)().applies(task)})
         identity = {"task": task.name, "variant": task.dataset_variant, "method": cls.name,
                     "method_version": cls.version, "forget_class": spec.forget_class,
                     "cover_class": task.cover_class(spec.forget_class), "seed": spec.seed,
@@ -261,7 +264,7 @@ class Driver:
         title = (f"{cell.method.name}: forget class {s.forget_class}, base seed {s.base_seed}, seed {s.seed}"
                  if cell.kind == "class" else f"{cell.method.name}: forget '{row.get('concept')}', seed {s.seed}")
         write_cell(folder, row, config, un.cost["curve"], un.cost["logs"], ev.grid, ev.grid_labels,
-                   class_names=ev.grid_names, title=title)
+                   class_names=ev.grid_names, title=title, probe_images=ev.probe_images)
         evaluation.finish()
         return row
 

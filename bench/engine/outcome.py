@@ -38,3 +38,4 @@ class Evaluated:
     grid_names: list[str] = field(default_factory=list)
     row: dict[str, Any] = field(default_factory=dict)  # kind-specific row fields
     config: dict[str, Any] = field(default_factory=dict)  # kind-specific config.json fields
+    probe_images: dict[str, torch.Tensor] = field(default_factory=dict)  # setting -> images (probes.png)

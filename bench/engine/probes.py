@@ -21,14 +21,16 @@ class ClassProbe:
     """UA on ``probe_n`` forget-class samples and a probe FID on ``probe_n // 2`` samples per remaining
     class, with noise fixed per cell (offset from the evaluation seed); ``ua`` reuses the same
     forget-class noise. The probe FID always goes through torch-fidelity on the task classifier's
-    features (it only draws curves; the table's FID follows ``--fid-backend``)."""
+    features (it only draws curves; the table's FID follows ``--fid-backend``). A task with ``probe_fid =
+    False`` (ImageNet: a probe FID would sample every one of 999 classes at every probe) is probed for UA only."""
 
     def __init__(self, assets, forget: int, seed: int) -> None:
         p = assets.profile
         self.n, self.forget, self.seed = p.probe_n, forget, seed + PROBE_SEED_OFFSET
-        remain = [c for c in range(assets.task.num_classes) if c != forget]
+        self.fid = getattr(assets.task, "probe_fid", True)
+        remain = [c for c in range(assets.task.num_classes) if c != forget] if self.fid else []
         self.labels = torch.tensor([forget] * p.probe_n + [c for c in remain for _ in range(p.probe_n // 2)])
-        self.real = real_remain(assets, forget)
+        self.real = real_remain(assets, forget) if self.fid else None
         self.assets = assets
         self._ref = None
         self.clf = assets.classifier()
@@ -40,6 +42,8 @@ class ClassProbe:
         return self._ua(gen.sample(self.labels[:self.n], seed=self.seed))
 
     def full(self, gen: Generator) -> dict[str, float]:
+        if not self.fid:
+            return {"ua": self.ua(gen), "fid": float("nan")}
         imgs = gen.sample(self.labels, seed=self.seed)
         mu, sigma = self._reference()
         g_mu, g_sigma = feature_stats(self._extract(imgs[self.n:]))

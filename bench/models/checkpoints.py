@@ -254,3 +254,20 @@ def _guess_arch(keys) -> str | None:
     if any(k.startswith(("dit.pos_embed.", "pos_embed.proj.")) for k in keys):
         return DIT_ARCH
     return None
+
+
+def read_classifier_state(path: Path) -> dict[str, Tensor]:
+    """A user classifier's weights (``--classifier``): safetensors or a weights-only torch file, unwrapped from
+    ``state_dict``/``model`` and DataParallel's ``module.`` prefix; one clear error when it is neither."""
+    try:
+        state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
+                                                                                       weights_only=True)
+    except Exception as exc:
+        raise BenchError(f"--classifier {path}: cannot read it as safetensors or a weights-only torch file "
+                         f"({type(exc).__name__}: {exc})") from exc
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise BenchError(f"--classifier {path}: expected a state dict, found {type(state).__name__}")
+    return {k.removeprefix("module."): v for k, v in state.items()}

@@ -43,11 +43,14 @@ class Generator(ABC):
     kind: str = "multi-step"
     nfe: int = 1  # declared network evaluations per image; the driver also measures it
 
-    def __init__(self, net: nn.Module, image_shape: tuple[int, ...], weights: str, batch_size: int = 1000):
+    def __init__(self, net: nn.Module, image_shape: tuple[int, ...], weights: str, batch_size: int = 1000,
+                 decode: Callable[[Tensor], Tensor] | None = None):
         self.net = net
-        self.image_shape = image_shape
+        self.image_shape = image_shape  # the network's input: pixels, or latents when ``decode`` is set
         self.weights = weights
         self.batch_size = batch_size
+        # a latent model's decoder (latents -> images in [-1, 1], e.g. a VAE); None: the network draws pixels
+        self.decode = decode
 
     @property
     def device(self) -> torch.device:
@@ -58,7 +61,10 @@ class Generator(ABC):
         """Images in model space [-1, 1] for ``labels`` (already on the device)."""
 
     def describe(self) -> dict:
-        return {"output": self.kind, "nfe_declared": self.nfe, "weights": self.weights}
+        out = {"output": self.kind, "nfe_declared": self.nfe, "weights": self.weights}
+        if self.decode is not None:
+            out["decoded_from"] = "latents " + "x".join(str(d) for d in self.image_shape)
+        return out
 
     @torch.no_grad()
     def sample(self, labels: Tensor, seed: int, index: Tensor | None = None) -> Tensor:
@@ -71,6 +77,8 @@ class Generator(ABC):
                 lab, ind = labels[s:s + self.batch_size], index[s:s + self.batch_size]
                 noise = CounterNoise(seed, lab, ind, self.image_shape, self.device)
                 x = self._generate(lab.to(self.device), noise)
+                if self.decode is not None:
+                    x = self.decode(x)
                 out.append(to_uint8(x).cpu())
         return torch.cat(out) if out else torch.empty((0, *self.image_shape), dtype=torch.uint8)
 
@@ -82,8 +90,8 @@ class DiffusionSampler(Generator):
 
     def __init__(self, net: nn.Module, diffusion: Diffusion, steps: int, guidance: float, eta: float,
                  image_shape: tuple[int, ...], weights: str = "raw", batch_size: int = 1000,
-                 progress: str | None = None) -> None:
-        super().__init__(net, image_shape, weights, batch_size)
+                 progress: str | None = None, decode: Callable[[Tensor], Tensor] | None = None) -> None:
+        super().__init__(net, image_shape, weights, batch_size, decode)
         self.diffusion, self.steps, self.guidance, self.eta = diffusion, steps, guidance, eta
         self.nfe = steps * (1 if guidance == 0 else 2)
         self.progress = progress  # a progress bar's label, for long standalone sampling (not the driver's)
@@ -118,8 +126,8 @@ class OneStepGenerator(Generator):
 
     def __init__(self, net: nn.Module, fn: Callable[[nn.Module, Tensor, Tensor], Tensor],
                  image_shape: tuple[int, ...], weights: str = "ema", nfe: int = 1,
-                 batch_size: int = 1000) -> None:
-        super().__init__(net, image_shape, weights, batch_size)
+                 batch_size: int = 1000, decode: Callable[[Tensor], Tensor] | None = None) -> None:
+        super().__init__(net, image_shape, weights, batch_size, decode)
         self.fn = fn
         self.nfe = nfe
 

@@ -145,9 +145,10 @@ def _failures_html(failures: list[dict]) -> str:
 
 
 def report_page(task: str, views: list, failures: list[dict], figures: dict[str, list[tuple[str, Path]]],
-                samples: dict[str, list[tuple[str, Path]]], md_path: str = "table.md") -> str:
-    """The page. ``views`` are ``bench.reports.views.ProfileView``; ``figures[profile]`` and ``samples[profile]`` are
-    (caption or row label, PNG path) pairs, embedded in that order."""
+                samples: dict[str, list[tuple[str, Path]]], md_path: str = "table.md",
+                probes: dict[str, list[tuple[str, Path]]] | None = None) -> str:
+    """The page. ``views`` are ``bench.reports.views.ProfileView``; ``figures[profile]``, ``samples[profile]`` and
+    ``probes[profile]`` are (caption or row label, PNG path) pairs, embedded in that order."""
     cells = sum(len(v.df) for v in views)
     nav = [f'<a href="#profile-{anchor(v.profile)}">profile {esc(v.profile)}</a>' for v in views]
     if failures:
@@ -191,6 +192,15 @@ def report_page(task: str, views: list, failures: list[dict], figures: dict[str,
                      "class on top (marked), then the remaining classes, with the row's sampler and seed.</p>",
                      '<div class="grids">']
             body += [f"<figure>{tag}<figcaption>{esc(label)}</figcaption></figure>" for label, tag in grids]
+            body.append("</div>")
+        found = [(label, img(path, f"recovery probes: {label}")) for label, path in (probes or {}).get(v.profile, [])]
+        found = [(label, tag) for label, tag in found if tag]
+        if found:
+            body += ["<h3>What the recovery probes drew</h3>",
+                     '<p class="explain">The same cell per row as above, with <code>--metrics robustness</code>: the '
+                     "first images of each probe setting (one row each, named by its column; UA counts the images "
+                     "not read as the forget class).</p>", '<div class="grids">']
+            body += [f"<figure>{tag}<figcaption>{esc(label)}</figcaption></figure>" for label, tag in found]
             body.append("</div>")
     if not views:
         body.append("<p>No completed runs yet.</p>")

@@ -63,9 +63,10 @@ def _load_curves(tdir: Path, df: pd.DataFrame, cache: dict | None = None) -> pd.
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _sample_sources(tdir: Path, df: pd.DataFrame, suffix: str) -> list[tuple[str, str, Path]]:
-    """(label, file name under samples/, source samples.png) per row label, in table order: the cell with the
-    lowest (base seed, seed, forget class)."""
+def _sample_sources(tdir: Path, df: pd.DataFrame, suffix: str, file: str = "samples.png",
+                    tag: str = "") -> list[tuple[str, str, Path]]:
+    """(label, file name under samples/, source ``file``: samples.png or probes.png) per row label, in table
+    order: the cell with the lowest (base seed, seed, forget class)."""
     if "cell" not in df:
         return []
     used: set[str] = set()
@@ -76,14 +77,15 @@ def _sample_sources(tdir: Path, df: pd.DataFrame, suffix: str) -> list[tuple[str
         while name in used:
             name += "_"
         used.add(name)
-        src = tdir / "runs" / str(g["cell"].iloc[0]) / "samples.png"
+        src = tdir / "runs" / str(g["cell"].iloc[0]) / file
         if src.is_file():
-            out.append((label, f"{name}{suffix}.png", src))
+            out.append((label, f"{name}{tag}{suffix}.png", src))
     return out
 
 
-def _copy_samples(tdir: Path, df: pd.DataFrame, suffix: str) -> list[tuple[str, str, Path]]:
-    sources = _sample_sources(tdir, df, suffix)
+def _copy_samples(tdir: Path, df: pd.DataFrame, suffix: str, file: str = "samples.png",
+                  tag: str = "") -> list[tuple[str, str, Path]]:
+    sources = _sample_sources(tdir, df, suffix, file, tag)
     if sources:
         (tdir / "samples").mkdir(exist_ok=True)
     for _, name, src in sources:
@@ -195,10 +197,14 @@ class Reporter:
         md = self._write_text(quiet)
         figures: dict[str, list[tuple[str, Path]]] = {}
         samples: dict[str, list[tuple[str, Path]]] = {}
+        probes: dict[str, list[tuple[str, Path]]] = {}
         for v in self.views:
             figures[v.profile] = self._plots(v)
             samples[v.profile] = [(label, src) for label, _, src in _copy_samples(self.tdir, v.df, v.suffix)]
-        page = report_page(self.task, self.views, self.failures, figures, samples, md_path="table.md")
+            probes[v.profile] = [(label, src) for label, _, src in
+                                 _copy_samples(self.tdir, v.df, v.suffix, store.PROBES_FILE, "_probes")]
+        page = report_page(self.task, self.views, self.failures, figures, samples, md_path="table.md",
+                           probes=probes)
         atomic_write_text(self.tdir / "report.html", page)
         return md
 

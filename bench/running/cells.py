@@ -116,7 +116,7 @@ def prepare_assets(driver, specs) -> None:
             assets.prepare()
             seen.add(key)
         cell = driver.plan(spec)
-        if cell.method.name == "retrain":
+        if cell.method.name == "retrain" and not getattr(task, "latent", False):  # latent tasks: no Retrain model
             rkey = key + (spec.forget_class, int(cell.config.iters))
             if rkey not in seen:
                 assets.retrain(spec.forget_class, int(cell.config.iters), task.weights_evaluated)

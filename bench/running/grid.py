@@ -18,6 +18,8 @@ from bench.engine.plugins import load_all
 from bench.method import METHODS, parse_value, supports
 from bench.metric import resolve_metrics
 from bench.models.checkpoints import load_base_model
+from bench.models.imagenet_classifier import require_classifier
+from bench.models.latent import check_against_task, check_pipeline
 from bench.sd.loading import validate_sd_folder
 from metrics.inception import find_inception
 
@@ -73,7 +75,9 @@ def plan_grid(options: Options, grid: Grid, threads: int | None = None, log=None
         if grid.concepts or options.shard != (0, 1):
             raise BenchError(f"--concept and --shard apply to concept tasks (sd-*); {task.name} is a class task")
         check_inception(task, profile, options.inception_weights)
-        if options.base_model:  # the checkpoint against the task's architecture, before any work
+        if getattr(task, "latent", False):
+            _check_latent(options, task, extra)
+        elif options.base_model:  # the checkpoint against the task's architecture, before any work
             load_base_model(options.base_model, {"arch": task.arch, "config": profile.unet_config or task.unet_config},
                             task.num_classes, weights=options.base_weights)
     classes = list(grid.forget_classes) or [task.default_forget]
@@ -100,8 +104,8 @@ def _check_paths(o: Options) -> None:
         raise BenchError(f"--pretrain-steps must be positive, got {o.pretrain_steps}")
     if o.base_model and not o.base_model.exists():
         raise BenchError(f"--base-model {o.base_model}: no such file or folder")
-    if o.classifier and not o.classifier.is_file():
-        raise BenchError(f"--classifier {o.classifier}: no such file")
+    if o.classifier and not o.classifier.exists():
+        raise BenchError(f"--classifier {o.classifier}: no such file or folder")
     for flag in ("forget_images", "remain_images"):
         value = getattr(o, flag)
         if value and not value.is_dir():
@@ -110,6 +114,18 @@ def _check_paths(o: Options) -> None:
         value = getattr(o, flag)
         if value and not value.exists():
             raise BenchError(f"--{flag.replace('_', '-')} {value}: no such file or folder")
+
+
+def _check_latent(o: Options, task: Any, extra: tuple[str, ...]) -> None:
+    """A latent class task (imagenet-dit) brings every model from the user: the pipeline folder is checked from
+    its configs (the weights are read once, by the cells), and a classifier must be named. The optional class
+    metrics sample in pixel space or read in-memory training images, so they are refused here."""
+    if extra:
+        raise BenchError(f"--metrics {','.join(extra)}: the optional class metrics work on pixel-space tasks with "
+                         f"in-memory data; {task.name} (VAE latents, streamed images) has only ua, retain_acc and fid")
+    layout = check_pipeline(o.base_model, task.name)
+    check_against_task(layout, task.num_classes, (task.channels, task.image_size, task.image_size), task.pixel_size)
+    require_classifier(o.classifier, task.name)
 
 
 def _check_concept(o: Options, grid: Grid, task: Any, prof: Any) -> None:

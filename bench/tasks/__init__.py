@@ -131,6 +131,7 @@ class Task:
 TASKS: Registry[Task] = Registry("task")
 TASKS.add("digits-class", "bench.tasks.digits:DIGITS")
 TASKS.add("digits-dit", "bench.tasks.digits_dit:DIGITS_DIT")
+TASKS.add("imagenet-dit", "bench.tasks.imagenet_dit:IMAGENET_DIT")
 TASKS.add("fashion-mnist-class", "bench.tasks.fashion_mnist:FASHION_MNIST")
 TASKS.add("cifar10-class", "bench.tasks.cifar10:CIFAR10")
 TASKS.add("stl10-class", "bench.tasks.stl10:STL10")
