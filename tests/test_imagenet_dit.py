@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from test_cli import bench
 
 from bench.assets.latent_classes import LatentAssets
 from bench.core.errors import BenchError
@@ -248,3 +249,8 @@ def test_registered_and_listed():
     assert "imagenet-dit" in TASKS.names()
     t = IMAGENET_DIT
     assert t.num_classes == 1000 and t.arch == "dit" and (t.channels, t.image_size, t.pixel_size) == (4, 32, 256)
+
+
+def test_pretrain_says_there_is_nothing_to_train(world):
+    r = bench("pretrain", "--task", "imagenet-dit", "--data-root", str(world.data), cache=world.root / "cache")
+    assert r.returncode == 2 and "nothing to pretrain" in r.stderr and "Traceback" not in r.stderr

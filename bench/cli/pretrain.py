@@ -64,6 +64,9 @@ def command(args) -> int:
     profile = driver.profile(task, args.profile)
     if getattr(task, "kind", "class") == "concept":
         return _concept(args, driver, task)
+    if getattr(task, "latent", False):
+        raise BenchError(f"{task.name}: nothing to pretrain; the base model, its VAE and the classifier are yours "
+                         "(--base-model, --classifier): run the methods with 'bench run' (docs/dit.md)")
     if args.curve:
         return _curve(args, options, task, profile)
     from bench.engine.calibrate import fid_protocol_delta, guidance_sweep, write_fid_delta, write_guidance_sweep
