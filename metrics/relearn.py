@@ -25,7 +25,6 @@ lower-is-better; the paper's definition is unknown).
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -34,6 +33,7 @@ import torch
 from bench.datasets.streams import batch_stream
 from bench.metric import EvalContext, Metric, register_metric
 from bench.models.generators import DiffusionSampler
+from bench.models.nets import clone_without_hooks
 
 RELEARN_SEED_OFFSET = 4_000_037
 
@@ -82,9 +82,7 @@ class RelearnTime(Metric):
     def _relearn(self, ev: EvalContext, gen: DiffusionSampler, every: int, cap: int, n_samples: int):
         p = ev.assets.profile
         dev = ev.device
-        net = gen.net.clone() if hasattr(gen.net, "clone") else copy.deepcopy(gen.net)
-        for m in net.modules():  # no counting hooks on the copy
-            m._forward_hooks.clear()
+        net = clone_without_hooks(gen.net)  # no counting hooks on the copy
         for q in net.parameters():
             q.requires_grad_(True)
         net.to(dev)

@@ -118,18 +118,23 @@ class PixelFamily(PixelOps):
     ``retrain``, ``splits``, ``diffusion``, ``profile``, ``image_shape``, ``task``, ``device``)."""
 
     def __init__(self, assets: Any, forget: int, cover: int, seed: int) -> None:
-        super().__init__(assets.diffusion, assets.image_shape)
+        self._bind(assets, forget, cover)
+        s = assets.splits
+        self._xf, self._yf, self._xr, self._yr = split_by_class(s.train_x, s.train_y, forget)
+        self._stream_seed = seed * 7919
+
+    def _bind(self, assets: Any, forget: int, cover: int) -> None:
+        """What every class family knows of its assets and cell: schedule, shapes, task, classes, device."""
+        PixelOps.__init__(self, assets.diffusion, assets.image_shape)
         self.assets, self.task, self.profile = assets, assets.task, assets.profile
         self.device = assets.device
         self.forget, self.cover = forget, cover
         self.num_classes = self.task.num_classes
         self.null_class = self.num_classes
         self.weights_evaluated = self.task.weights_evaluated
-        s = assets.splits
-        self._xf, self._yf, self._xr, self._yr = split_by_class(s.train_x, s.train_y, forget)
-        self._stream_seed = seed * 7919
 
     # --- models ------------------------------------------------------------------------------
+
     def base(self, weights: str = "raw") -> nn.Module:
         return self.assets.base(weights)
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.models.diffusion import from_uint8
-from bench.models.family import PixelFamily, PixelOps
+from bench.models.family import PixelFamily
 from bench.models.generators import DiffusionSampler
 
 
@@ -35,13 +35,7 @@ class LatentFamily(PixelFamily):
     ``task`` with ``train`` (a :class:`~bench.datasets.lazy_folder.LazyImageFolder`), ``device``)."""
 
     def __init__(self, assets: Any, forget: int, cover: int, seed: int, counts: Any = None) -> None:
-        PixelOps.__init__(self, assets.diffusion, assets.image_shape)
-        self.assets, self.task, self.profile = assets, assets.task, assets.profile
-        self.device = assets.device
-        self.forget, self.cover = forget, cover
-        self.num_classes = self.task.num_classes
-        self.null_class = self.num_classes
-        self.weights_evaluated = self.task.weights_evaluated
+        self._bind(assets, forget, cover)
         self.pixel_shape = (3, self.task.pixel_size, self.task.pixel_size)
         self.codec, self.counts = assets.codec, counts
         self.train = self.task.train
