@@ -49,7 +49,7 @@ class EvalContext:
         """Share of the given images the task classifier reads as the forget class (1 - UA of those images);
         ``show_as`` keeps the first 8 for the cell's probe grid under that name."""
         if show_as:
-            self.probe_images[show_as] = imgs_u8[:PROBE_GRID_IMAGES].cpu()
+            _show(self.probe_images, show_as, imgs_u8)
         pred = predict(self.assets.classifier(), from_uint8(imgs_u8)).argmax(1)
         return float((pred == self.forget_class).float().mean())
 
@@ -74,9 +74,19 @@ class ConceptEvalContext:
     options: Any
     sampler: Any = None
     seed: int = 0
+    #: a few images per probe setting (uint8), drawn into the cell's ``probes.png``
+    probe_images: dict[str, Tensor] = field(default_factory=dict)
+
+    def show(self, show_as: str, imgs_u8: Tensor) -> None:
+        """Keep the first images of a probe setting for the cell's probe grid under the name ``show_as``."""
+        _show(self.probe_images, show_as, imgs_u8)
 
     def of_use(self, use: str) -> list[tuple[str, Any, Tensor]]:
         return [(n, es, imgs) for n, (u, es, imgs) in self.sets.items() if u == use]
+
+
+def _show(grid: dict[str, Tensor], show_as: str, imgs_u8: Tensor) -> None:
+    grid[show_as] = imgs_u8[:PROBE_GRID_IMAGES].cpu()
 
 
 def real_remain(assets: Assets, forget_class: int) -> Tensor:

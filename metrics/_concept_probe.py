@@ -152,10 +152,17 @@ class ConceptProbe(Metric):
                     f"{self.prefix}_columns": ",".join(self.directions)}
         dev = sampler.model.device
         t0 = time.perf_counter()
+        def shown(imgs: Tensor, show_as: str = "") -> float:
+            if show_as:
+                ev.show(show_as, imgs)
+            return read(imgs)
+
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            out = self.run(ev, sampler, read, probe_budget(ev.task, ev.profile))
+            out = self.run(ev, sampler, shown, probe_budget(ev.task, ev.profile))
         return {f"{self.prefix}_note": "", **out, f"{self.prefix}_s": time.perf_counter() - t0}
 
-    def run(self, ev: ConceptEvalContext, sampler: PromptSampler, read: Callable[[Tensor], float],
+    def run(self, ev: ConceptEvalContext, sampler: PromptSampler, read: Callable[..., float],
             budget: ProbeBudget) -> dict[str, Any]:
+        """The probe's columns; ``read(images, show_as="")`` is the share read as the forget concept and, given
+        ``show_as``, keeps the first images for the cell's probe grid under that name."""
         raise NotImplementedError  # pragma: no cover - per probe

@@ -128,8 +128,8 @@ class ConceptTokenAttack(ConceptProbe):
         with torch.no_grad(), eval_mode(encoder):
             e = encode_with(encoder, ids, start, values)
         requests = probe_requests(ev, budget.images, seed, ev.profile.guidance, prompt)
-        before = 1.0 - read(render(sampler, requests))
-        after = 1.0 - read(render(with_prompt_embedding(sampler, prompt, e), requests))
+        before = 1.0 - read(render(sampler, requests), "ua_embed_before")
+        after = 1.0 - read(render(with_prompt_embedding(sampler, prompt, e), requests), "ua_embed_attack")
         return {"ua_embed_attack": after, "asr_embed_attack": 1.0 - after, "ua_embed_before": before, **base,
                 "embed_attack_tokens": k, "embed_attack_images": len(z0), "embed_attack_n": len(requests),
                 "embed_attack_loss0": loss0, "embed_attack_loss": loss1}

@@ -61,7 +61,7 @@ class ConceptSweep(ConceptProbe):
         longer.steps = 2 * sampler.steps
         grid = {f"ua_s{s:g}": (sampler, s) for s in sweep_scales(s0)}
         grid[f"ua_ddim{longer.steps}"] = (longer, s0)
-        out = {key: 1.0 - read(render(smp, probe_requests(ev, n, seed, s))) for key, (smp, s) in grid.items()}
+        out = {key: 1.0 - read(render(smp, probe_requests(ev, n, seed, s)), key) for key, (smp, s) in grid.items()}
         return {"ua_sweep_min": min(out.values()), **out, "sweep_n": n}
 
 
@@ -86,6 +86,7 @@ class ConceptCompletion(ConceptProbe):
             z_t = q_sample(m.alphas_cumprod, z0, torch.full((n,), t, device=z0.device), noise)
             for cond, prompt, s in (("forget", forget_prompt(ev), ev.profile.guidance), ("null", "", 1.0)):
                 images = to_uint8(denoise_from(sampler, z_t, t, [prompt] * n, s))
-                out[f"ua_complete_{cond}_{level:g}"] = 1.0 - read(images)
+                key = f"ua_complete_{cond}_{level:g}"
+                out[key] = 1.0 - read(images, key)
         return {"ua_completion_min": min(out.values()), **out, "completion_n": n,
                 "completion_t": ",".join(starts)}

@@ -79,7 +79,8 @@ class ConceptRelearn(ConceptProbe):
             torch.nn.utils.clip_grad_norm_(net.parameters(), self.clip)
             opt.step()
             if step % b.relearn_every == 0 or step == b.relearn_cap:
-                acc = read(render(relearner, requests))  # rendering puts net back in train mode
+                # rendering puts net back in train mode
+                acc = read(render(relearner, requests), "relearn, last check")
                 if acc >= self.threshold:
                     return step, acc
         return None, acc

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from _fixtures import write_prompt_files
+from PIL import Image
 from torch import nn
 
 from bench.assets.concepts import ConceptAssets
@@ -210,6 +211,16 @@ def test_probes_leave_the_row_alone(cells):
     for key in ("ua", "retain_acc", "fid", "grad_steps", "nfe", "forward_images"):
         assert probed[key] == plain[key], key
     assert not any(k.startswith(("ua_s", "ua_complete", "relearn")) for k in plain)
+
+
+def test_the_probe_grid_of_a_concept_cell_has_a_row_per_setting(cells, driver):
+    runs = driver.options.out / "sd-digits" / "runs"
+    probed, plain = cells("uce"), cells("uce", probes=False)
+    assert not (runs / plain["cell"] / "probes.png").exists()
+    grid = Image.open(runs / probed["cell"] / "probes.png")
+    settings = 6 + 6 + 2 + (probed["relearn_steps"] > 0)  # sweep, completion, the attack's before/after, relearn
+    samples = Image.open(runs / probed["cell"] / "samples.png")
+    assert grid.height > samples.height and grid.height >= settings * 0.62 * 100 * 0.9
 
 
 def test_a_model_that_still_draws_the_concept_is_relearned_at_step_0_and_the_rng_is_untouched(digits):

@@ -165,7 +165,7 @@ class ConceptEvaluation:
                   "prompts": dataclasses.asdict(cell.task.prompts(cell.forget))}
         grid, labels, names = _grid(images, cell.task, cell.forget)
         return Evaluated(values, sample_s, evaluate_s, nfe, peak_sample, mem_eval.peak_mb, grid, labels, names,
-                         row, config)
+                         row, config, ev.probe_images)
 
     def finish(self) -> None:
         """The cell is written: drop the rendered images and the saved UNet."""
