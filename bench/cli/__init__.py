@@ -33,9 +33,8 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", message=".*accelerate.*")
     warnings.filterwarnings("ignore", category=UserWarning, module="torch_fidelity")
-    from diffusers.utils import logging  # heavy: only once a command runs
-
-    logging.set_verbosity_error()
+    # read by diffusers when it is first imported: setting it costs nothing for commands that never import it
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 def main(argv: list[str] | None = None) -> int:

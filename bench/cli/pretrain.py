@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+from bench.cli import catalog
 from bench.cli.args import device_argument, fid_arguments, ints, options_from_args, unet_argument
 from bench.core.errors import BenchError
 from bench.core.paths import ensure_writable_dir
@@ -53,10 +54,11 @@ def add_parser(sub) -> None:
 
 
 def command(args) -> int:
-    from bench.engine.driver import Driver  # torch and diffusers: only once a command runs
-
     if args.steps is not None and args.steps < 1:
         raise BenchError(f"--steps must be positive, got {args.steps}")
+    catalog.quick_check_task(args.task, args.profile)
+    from bench.engine.driver import Driver  # torch and diffusers: only once a command runs
+
     options = options_from_args(args).replace(pretrain_steps=args.steps)
     ensure_writable_dir(options.cache, "--cache")
     driver = Driver(options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
+from bench.cli import catalog
 from bench.cli.args import device_argument, grid_arguments, grid_from_args, options_from_args
 
 HELP = "run unlearning methods on a task and write tables and plots"
@@ -21,10 +22,11 @@ def add_parser(sub) -> None:
 
 
 def command(args) -> int:
+    options, grid = options_from_args(args), grid_from_args(args)
+    catalog.quick_check(grid, options)  # a mistake in a name or number answers before torch is imported
     from bench.running.cells import Reports, run_and_record  # torch and diffusers: only once a command runs
     from bench.running.grid import plan_grid
 
-    options, grid = options_from_args(args), grid_from_args(args)
     plan = plan_grid(options, grid)
     t0 = time.perf_counter()
     tdir = options.out / plan.task.name

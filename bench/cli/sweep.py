@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bench.cli import catalog
 from bench.cli.args import grid_arguments, grid_from_args, options_from_args
 
 HELP = "run a grid of cells as Ray tasks (local Ray, or a cluster with --address)"
@@ -21,7 +22,9 @@ def add_parser(sub) -> None:
 
 
 def command(args) -> int:
+    options, grid = options_from_args(args), grid_from_args(args)
+    catalog.quick_check(grid, options)  # a mistake in a name or number answers before torch or Ray is imported
     from bench.running.sweep import SweepSettings, run_sweep  # torch, diffusers, Ray: only once a command runs
 
     settings = SweepSettings(args.address, args.cpus_per_cell, args.gpus_per_cell, args.quiet)
-    return run_sweep(options_from_args(args), grid_from_args(args), settings)
+    return run_sweep(options, grid, settings)

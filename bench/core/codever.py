@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: (running/, locks), storage and provenance. Keep numerics out of these.
 PRESENTATION = {"__init__.py", "__main__.py", "cli", "reports", "running", "core/__init__.py", "core/store.py",
                 "core/envinfo.py", "core/codever.py", "core/errors.py", "core/registry.py", "core/paths.py",
-                "core/locks.py", "engine/plugins.py", "engine/calibrate.py"}
+                "core/locks.py", "core/argchecks.py", "engine/plugins.py", "engine/calibrate.py"}
 
 
 def _presentation(rel: Path) -> bool:

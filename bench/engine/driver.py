@@ -28,6 +28,7 @@ from bench.assets.classes import Assets
 from bench.assets.concepts import ConceptAssets
 from bench.assets.latent_classes import LatentAssets
 from bench.context import SkipCell, UnlearnContext
+from bench.core.argchecks import check_forget, check_kind, check_seeds
 from bench.core.codever import harness_version, method_version
 from bench.core.envinfo import environment
 from bench.core.errors import BenchError
@@ -201,17 +202,12 @@ class Driver:
     def plan(self, spec: CellSpec) -> Cell:
         """Resolve the cell's task, profile, method, config and id; raises BenchError on user mistakes."""
         task = self.task(spec.task)
-        if not 0 <= spec.forget_class < task.num_classes:
-            raise BenchError(f"--forget-class must be in 0..{task.num_classes - 1} for task {task.name!r}, "
-                             f"got {spec.forget_class}")
-        if spec.base_seed < 0 or spec.seed < 0:
-            raise BenchError(f"seeds must be non-negative, got --seed {spec.seed} --base-seed {spec.base_seed}")
+        check_forget(task.name, task.num_classes, spec.forget_class)
+        check_seeds(spec.seed, spec.base_seed)
         profile = self.profile(task, spec.profile)
         cls = METHODS.get(spec.method)
         kind = getattr(task, "kind", "class")
-        if kind not in cls.task_kinds:
-            raise BenchError(f"method {cls.name!r} does not support {kind} tasks ({task.name}); {kind} methods: "
-                             f"{', '.join(methods_for(kind))}")
+        check_kind(cls.name, kind, task.name, cls.task_kinds, methods_for(kind))
         cfg = resolve_config(cls, task, profile, spec.overrides, spec.iters)
         o = self.options
         # an optional metric of the other task kind (``--metrics robustness`` names both kinds' probes) is left out

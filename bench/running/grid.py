@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from bench.core.argchecks import check_paths, check_steps
 from bench.core.errors import BenchError
 from bench.core.paths import ensure_writable_dir
 from bench.engine.driver import CellSpec, Driver, resolve_task
@@ -60,7 +61,7 @@ def plan_grid(options: Options, grid: Grid, threads: int | None = None, log=None
     kind = getattr(resolve_task(grid.task, options), "kind", "class")  # names first: a typo creates no folder
     methods = METHODS.resolve_list(grid.methods)
     extra = tuple(resolve_metrics(grid.metrics)) if grid.metrics.strip() else ()
-    _check_paths(options)
+    check_paths(options)
     ensure_writable_dir(options.out, "--out")
     ensure_writable_dir(options.cache, "the asset cache (--cache or $BENCH_CACHE)")
     driver = Driver(options, log=log)
@@ -88,8 +89,7 @@ def plan_grid(options: Options, grid: Grid, threads: int | None = None, log=None
     if kind == "concept":
         driver.assets(task, grid.profile).eval_sets(classes[0])  # the prompt files, before any work
     sets = parse_sets(grid.sets, methods)
-    if grid.steps is not None and grid.steps < 0:
-        raise BenchError(f"--steps must be non-negative, got {grid.steps}")
+    check_steps(grid.steps)
     if options.device == "cpu":
         # OMP_NUM_THREADS, where set, is the user's (or a scheduler's) share of the cores
         torch.set_num_threads(threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, os.cpu_count() or 1))
@@ -97,23 +97,6 @@ def plan_grid(options: Options, grid: Grid, threads: int | None = None, log=None
              for b in grid.base_seeds for c in classes for s in grid.seeds for m in methods]
     names = [driver.plan(spec).name for spec in specs]
     return Plan(task, driver, specs, names)
-
-
-def _check_paths(o: Options) -> None:
-    if o.pretrain_steps is not None and o.pretrain_steps < 1:
-        raise BenchError(f"--pretrain-steps must be positive, got {o.pretrain_steps}")
-    if o.base_model and not o.base_model.exists():
-        raise BenchError(f"--base-model {o.base_model}: no such file or folder")
-    if o.classifier and not o.classifier.exists():
-        raise BenchError(f"--classifier {o.classifier}: no such file or folder")
-    for flag in ("forget_images", "remain_images"):
-        value = getattr(o, flag)
-        if value and not value.is_dir():
-            raise BenchError(f"--{flag.replace('_', '-')} {value}: no such folder")
-    for flag in ("imagenet_classifier", "clip_model", "coco_images", "inception_weights"):
-        value = getattr(o, flag)
-        if value and not value.exists():
-            raise BenchError(f"--{flag.replace('_', '-')} {value}: no such file or folder")
 
 
 def _check_latent(o: Options, task: Any, extra: tuple[str, ...]) -> None:

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from bench.core.errors import BenchError
+from bench.core.argchecks import check_profile
 from bench.core.registry import Registry
 from bench.models.classifiers import build_classifier
 
@@ -123,8 +123,7 @@ class Task:
         return build_classifier(self.classifier_arch, self.channels, self.num_classes)
 
     def profile(self, name: str) -> Profile:
-        if name not in self.profiles:
-            raise BenchError(f"task {self.name!r} has no profile {name!r}; available: {', '.join(self.profiles)}")
+        check_profile(self.name, name, self.profiles)
         return self.profiles[name]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.core.errors import BenchError
+from bench.core.argchecks import check_profile, concept_index
 
 
 @dataclass(frozen=True)
@@ -100,15 +100,11 @@ class ConceptTask:
         return (forget + 1) % self.num_classes if self.num_classes > 1 else forget
 
     def profile(self, name: str) -> ConceptProfile:
-        if name not in self.profiles:
-            raise BenchError(f"task {self.name!r} has no profile {name!r}; available: {', '.join(self.profiles)}")
+        check_profile(self.name, name, self.profiles)
         return self.profiles[name]
 
     def concept_index(self, name: str) -> int:
-        low = {c.lower(): i for i, c in enumerate(self.concepts)}
-        if name.strip().lower() not in low:
-            raise BenchError(f"task {self.name!r} has no concept {name!r}; concepts: {', '.join(self.concepts)}")
-        return low[name.strip().lower()]
+        return concept_index(self.name, name, self.concepts)
 
     def prompts(self, k: int) -> ConceptPrompts:  # pragma: no cover - per task
         raise NotImplementedError
