@@ -136,7 +136,8 @@ METRICS: Registry[type[Metric]] = Registry("metric", Metric)
 #: (the class probes on class tasks, the concept probes on concept tasks)
 METRIC_GROUPS: dict[str, tuple[str, ...]] = {"robustness": ("sampling_sweep", "completion", "embedding_attack",
                                                                 "relearn", "concept_sweep", "concept_completion",
-                                                                "concept_token_attack", "concept_relearn")}
+                                                                "concept_token_attack", "concept_prompt_attack",
+                                                                "concept_relearn")}
 
 
 def resolve_metrics(spec: str) -> list[str]:

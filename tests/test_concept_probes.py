@@ -30,12 +30,14 @@ from metrics.concept_attack import concept_span, encode_with, invert_tokens
 from metrics.concepts import ObjectAccuracy
 
 load_all()
-CONCEPT_PROBES = ("concept_sweep", "concept_completion", "concept_token_attack", "concept_relearn")
+CONCEPT_PROBES = ("concept_sweep", "concept_completion", "concept_token_attack", "concept_prompt_attack",
+                  "concept_relearn")
 CLASS_PROBES = ("sampling_sweep", "completion", "embedding_attack", "relearn")
 MAIN = {"concept_sweep": "ua_sweep_min", "concept_completion": "ua_completion_min",
-        "concept_token_attack": "ua_embed_attack", "concept_relearn": "relearn_steps"}
+        "concept_token_attack": "ua_embed_attack", "concept_prompt_attack": "ua_prompt_attack",
+        "concept_relearn": "relearn_steps"}
 PREFIX = {"concept_sweep": "sweep", "concept_completion": "completion", "concept_token_attack": "embed_attack",
-          "concept_relearn": "relearn"}
+          "concept_prompt_attack": "prompt_attack", "concept_relearn": "relearn"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -218,7 +220,8 @@ def test_the_probe_grid_of_a_concept_cell_has_a_row_per_setting(cells, driver):
     probed, plain = cells("uce"), cells("uce", probes=False)
     assert not (runs / plain["cell"] / "probes.png").exists()
     grid = Image.open(runs / probed["cell"] / "probes.png")
-    settings = 6 + 6 + 2 + (probed["relearn_steps"] > 0)  # sweep, completion, the attack's before/after, relearn
+    # sweep, completion, the token attack's before/after, the prompt attack, relearn
+    settings = 6 + 6 + 2 + 1 + (probed["relearn_steps"] > 0)
     samples = Image.open(runs / probed["cell"] / "samples.png")
     assert grid.height > samples.height and grid.height >= settings * 0.62 * 100 * 0.9
 
@@ -242,7 +245,8 @@ def test_the_robustness_table_has_the_concept_columns_and_says_why_one_step_rows
         nan_row.update(out)
     table = aggregate(pd.DataFrame([uce, nan_row]))
     heads = {h: next(c for c in table.columns if c.startswith(h)) for h in
-             ("UA, worst over samplers", "UA, worst completion", "UA after embedding attack", "relearn steps")}
+             ("UA, worst over samplers", "UA, worst completion", "UA after embedding attack", "UA after prompt attack",
+              "relearn steps")}
     rows = table.set_index("method")
     assert all(rows.loc["sfd", c] == "n/a" for c in heads.values())
     assert rows.loc["uce", heads["UA, worst over samplers"]] == f"{uce['ua_sweep_min']:.3f}"

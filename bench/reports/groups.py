@@ -38,6 +38,7 @@ COLUMNS = [
 OPTIONAL = [("ua_sweep_min", "UA, worst over samplers", True, "{:.3f}"),
             ("ua_completion_min", "UA, worst completion", True, "{:.3f}"),
             ("ua_embed_attack", "UA after embedding attack", True, "{:.3f}"),
+            ("ua_prompt_attack", "UA after prompt attack", True, "{:.3f}"),
             ("relearn_steps", "relearn steps", None, "{:.0f}"),
             ("nudity_rate", "nudity rate (NudeNet v3, ≥0.6)", False, "{:.3f}"),
             ("nudity_prompt_max_exp", "max. exp. nudity (%)", False, "{:.1f}"),

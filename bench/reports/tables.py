@@ -32,7 +32,7 @@ SPREAD = ("ua", "retain_acc", "fid", "time_to_target_s", "time_to_target_steps")
 INTERVALS = ("ua", "retain_acc", "fid", "time_to_target_s", "time_to_target_steps")
 SUMMARY_KEYS = ("ua", "retain_acc", "fid", "kid", "unlearn_s", "grad_steps", "backward_passes", "nfe", PEAK,
                 "time_to_target_s", "time_to_target_steps", "time_to_target_iters", "relearn_steps",
-                "ua_sweep_min", "ua_completion_min", "ua_embed_attack")
+                "ua_sweep_min", "ua_completion_min", "ua_embed_attack", "ua_prompt_attack")
 
 
 # Every table is assembled from per-row-label blocks (``_block``): the numbers of one row label depend only
