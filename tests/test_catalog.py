@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,41 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "diffusers", "transformers", "ray", "nudenet")
 
 
-def test_the_committed_catalogue_is_current():
+@pytest.fixture
+def project_plugins_only(monkeypatch):
+    """The registries as a fresh process has them: without what other test modules registered at import."""
+    from bench.engine.plugins import load_all
+    from bench.method import METHODS
+    from bench.metric import METRICS
+    from bench.tasks import TASKS
+
+    load_all([])
+    for registry in (METHODS, METRICS, TASKS):
+        project = {n: t for n, t in registry._items.items()
+                   if (t if isinstance(t, str) else f"{t.__module__}:").startswith(("methods.", "metrics.", "bench."))}
+        monkeypatch.setattr(registry, "_items", project)
+
+
+def test_the_committed_catalogue_is_current(project_plugins_only):
     """Fails when a method, metric or task changed without ``python -m bench list catalog > bench/catalog.json``."""
     committed = catalog.read()
     assert committed is not None, "bench/catalog.json is stale: run python -m bench list catalog > bench/catalog.json"
     assert committed == json.loads(json.dumps(catalog.build())), "rebuild bench/catalog.json"
+
+
+def test_a_method_registered_by_the_calling_code_is_seen(monkeypatch, project_plugins_only):
+    """A library user's ``register_method`` before ``bench.cli.main``: the catalogue does not know the name, so
+    the registries answer."""
+    from bench.method import METHODS, Method
+
+    class Here(Method):
+        @dataclass(frozen=True)
+        class Config:
+            iters: int = 0
+
+    assert catalog.usable() is not None
+    monkeypatch.setitem(METHODS._items, "registered-here-test", Here)
+    assert catalog.usable() is None and "registered-here-test" in catalog.current()["methods"]
 
 
 def _in_fresh_python(argv: list[str]) -> tuple[int, str, list[str]]:
@@ -71,7 +102,7 @@ def _argv(g: dict) -> list[str]:
 
 
 @pytest.mark.parametrize("mistake", MISTAKES, ids=lambda g: "-".join(map(str, g.values())))
-def test_a_mistake_is_answered_without_torch_in_the_planners_words(mistake, tmp_path):
+def test_a_mistake_is_answered_without_torch_in_the_planners_words(mistake, tmp_path, project_plugins_only):
     rc, err, heavy = _in_fresh_python(_argv(mistake))
     assert rc == 2 and heavy == [] and err.startswith("bench: error: ") and err.count("\n") == 1
     with pytest.raises(BenchError) as planned:

@@ -20,7 +20,6 @@ from bench.tasks import get_task
 SWITCH_AT = 37  # the iteration after which the switch method's model draws the cover class
 
 
-@register_method("test-switch")
 class Switch(Method):
     """Forgets abruptly: after iteration SWITCH_AT the forget class's embedding row becomes the cover
     class's, so its samples are drawn as the cover class (UA ~1) from then on. Every iteration takes
@@ -50,7 +49,10 @@ class Switch(Method):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _unregister():
+def _registered():
+    """Registered for this module's tests only: a module-level decorator would show the method to every test
+    collected into the same process (the catalogue's listing tests among them)."""
+    register_method("test-switch")(Switch)
     yield
     METHODS._items.pop("test-switch", None)
 

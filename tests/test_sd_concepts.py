@@ -16,7 +16,7 @@ from _fixtures import write_prompt_files
 from torch import nn
 
 from bench.cli import main
-from bench.method import Method, register_method
+from bench.method import METHODS, Method, register_method
 from bench.sd import shards
 from bench.sd.latent import SDModel, ddim_sample, guided_eps, ldm_loss, q_sample, scaled_linear_alphas
 
@@ -145,7 +145,6 @@ def test_sharded_rendering_resumes_and_assembles(micro, tmp_path):
     assert shards.missing(es, folder) == 6
 
 
-@register_method("concept-only-test")
 class ConceptOnly(Method):
     """A throw-away method that supports concept tasks only (the class-task error path)."""
 
@@ -157,6 +156,14 @@ class ConceptOnly(Method):
 
     def unlearn(self, ctx):
         return ctx.sampler(ctx.base_model(trainable=False))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _concept_only_registered():
+    """Registered while this module runs only (see tests/test_measurement.py)."""
+    register_method("concept-only-test")(ConceptOnly)
+    yield
+    METHODS._items.pop("concept-only-test", None)
 
 
 def run_cli(*args: str) -> int:

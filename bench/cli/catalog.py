@@ -8,7 +8,8 @@ current).
 
 The file records a fingerprint of the sources it describes (``methods/``, ``metrics/``, ``bench/tasks/`` and
 the contracts ``bench/method.py``, ``bench/metric.py``, ``bench/sd/prompts.py``). Where they differ (a plugin
-dropped in, a method edited) or ``--plugins`` folders or entry-point plugins are in play, :func:`current` builds
+dropped in, a method edited), or ``--plugins`` folders, entry-point plugins or methods registered by the calling
+code are in play, :func:`current` builds
 the catalogue by importing, as before: slower, never stale.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +107,28 @@ def read() -> dict[str, Any] | None:
     return cat if cat.get("fingerprint") == fingerprint() else None
 
 
+def _registered_here(cat: dict[str, Any]) -> bool:
+    """Whether this process registered a method, metric or task the catalogue does not list (a library user
+    calling :func:`bench.cli.main` after ``register_method``): only the registries know of it then. A registry
+    module not imported yet has registered nothing, and looking does not import it."""
+    for module, attr, key in (("bench.method", "METHODS", "methods"), ("bench.metric", "METRICS", "metrics"),
+                              ("bench.tasks", "TASKS", "tasks")):
+        registry = getattr(sys.modules.get(module), attr, None)
+        if registry is not None and set(registry.names()) - set(cat[key]):
+            return True
+    return False
+
+
+def usable() -> dict[str, Any] | None:
+    """The committed catalogue where it tells the whole truth: current, no entry-point plugins, nothing
+    registered in this process beyond it; None where only importing can tell."""
+    cat = None if _entry_points() else read()
+    return None if cat is None or _registered_here(cat) else cat
+
+
 def current(plugins: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The catalogue of what a command with these ``--plugins`` folders can use: read when it can be, else built."""
-    cat = None if plugins or _entry_points() else read()
+    cat = None if plugins else usable()
     return cat if cat is not None else build(plugins)
 
 
@@ -153,14 +174,14 @@ def check_grid(cat: dict[str, Any], grid: Any, options: Any) -> None:
 def quick_check(grid: Any, options: Any) -> None:
     """:func:`check_grid` from the committed catalogue, before anything heavy is imported; skipped (left to the
     planner) when plugins are in play or the catalogue is not current."""
-    cat = None if grid.plugins or _entry_points() else read()
+    cat = None if grid.plugins else usable()
     if cat is not None:
         check_grid(cat, grid, options)
 
 
 def quick_check_task(task: str, profile: str) -> None:
     """The task and profile names of ``bench pretrain``, from the committed catalogue when it is current."""
-    cat = None if _entry_points() else read()
+    cat = usable()
     if cat is None:
         return
     tasks = names("task", cat["tasks"])
