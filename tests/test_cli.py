@@ -60,6 +60,7 @@ def test_table_rerenders_from_stored_runs(run_out, cache_root):
     (out / "digits-class" / "table.md").unlink()
     r = bench("table", str(out), cache=cache_root)
     assert r.returncode == 0 and (out / "digits-class" / "table.md").is_file() and "**ga**" in r.stdout
+    assert "other harness code" not in r.stderr and "other method code" not in r.stderr  # made by this code
 
 
 USER_MISTAKES = [

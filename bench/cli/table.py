@@ -1,12 +1,15 @@
-"""``bench table``: re-render tables and plots from stored runs, without recomputing anything."""
+"""``bench table``: re-render tables and plots from stored runs, without recomputing anything; say when the runs
+were made by other code than the installed one."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from bench.core.errors import BenchError
 
-HELP = "re-render tables and plots from stored runs (no recomputation)"
+HELP = ("re-render tables and plots from stored runs (no recomputation); warns about cells made by other code than "
+        "the installed one")
 
 
 def add_parser(sub) -> None:
@@ -16,7 +19,10 @@ def add_parser(sub) -> None:
 
 
 def command(args) -> int:
-    from bench.reports import render  # pandas and matplotlib: only once a command runs
+    import pandas as pd  # pandas, matplotlib and the plugins: only once a command runs
+
+    from bench.engine.plugins import load_all
+    from bench.reports import render, stale_code_warnings
 
     d = Path(args.dir)
     if not d.is_dir():
@@ -24,6 +30,11 @@ def command(args) -> int:
     targets = [d] if (d / "runs").is_dir() else [c for c in sorted(d.iterdir()) if (c / "runs").is_dir()]
     if not targets:
         raise BenchError(f"{d} holds no runs: pass <out>/<task> or an --out folder")
+    load_all()
     for t in targets:
         print(render(t))
+        runs = t / "runs.csv"
+        if runs.is_file() and runs.stat().st_size:
+            for w in stale_code_warnings(pd.read_csv(runs, dtype=str, keep_default_na=False)):
+                print(f"bench: WARNING: {t}: {w}", file=sys.stderr)
     return 0

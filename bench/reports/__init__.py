@@ -6,11 +6,13 @@ The modules, lowest layer first (each imports only modules listed before it, so 
 labels, row order, metric columns), ``captions`` (the prose around the tables), ``tables`` (the tables and the
 warnings printed with them), ``longform`` (``metrics_long.csv``), ``views`` (one profile's tables, Markdown,
 LaTeX and summary), ``plots``, ``html`` (the page) and ``reporter`` (``Reporter`` and ``render``: the files of a
-results folder). Callers import from this package; the private helpers stay in their modules.
+results folder). ``currency`` compares the code that made a folder's cells with the installed code. Callers
+import from this package; the private helpers stay in their modules.
 """
 
 from __future__ import annotations
 
+from bench.reports.currency import stale_code_warnings
 from bench.reports.format import to_latex, to_markdown
 from bench.reports.groups import group_labels
 from bench.reports.longform import long_csv_text, long_rows, metric_directions
@@ -34,4 +36,5 @@ from bench.reports.views import ProfileView
 __all__ = ["DEFAULT_OVERLAYS", "ProfileView", "Reporter", "aggregate", "by_class_stats", "by_class_table",
            "code_warnings", "failures_markdown", "group_labels", "interval", "intervals_table", "long_csv_text",
            "long_rows", "metric_directions", "plot_curves", "plot_quality_forgetting", "render", "sanity_warnings",
-           "spread_stats", "spread_table", "stats_table", "t_quantile", "to_latex", "to_markdown"]
+           "spread_stats", "spread_table", "stale_code_warnings", "stats_table", "t_quantile", "to_latex",
+           "to_markdown"]

@@ -268,11 +268,15 @@ def _csv_frames(frames: list[pd.DataFrame]) -> str:
     return pd.concat(frames, ignore_index=True).to_csv(index=False, lineterminator="\n")
 
 
+def code_counts(codes: pd.Series) -> str:
+    """``3f2a1c (2 cells), unknown (1 cell)``: how many cells each code version made."""
+    vc = codes.replace("", "unknown").map(lambda v: v[:6] if v != "unknown" else v).value_counts()
+    return ", ".join(f"{k} ({n} cell{'s' * (n != 1)})" for k, n in vc.items())
+
+
 def code_warnings(df: pd.DataFrame) -> list[str]:
     """One warning per kind of code mix: harness code across the table, method code within a method."""
-    def counts(s: pd.Series) -> str:
-        vc = s.replace("", "unknown").map(lambda v: v[:6] if v != "unknown" else v).value_counts()
-        return ", ".join(f"{k} ({n} cell{'s' * (n != 1)})" for k, n in vc.items())
+    counts = code_counts
 
     tail = ("rows from different code are kept apart (labels with [code …]/[harness …]) but must not be "
             "compared as one method: rerun the stale cells (--no-resume) or use a fresh --out")

@@ -1,0 +1,48 @@
+"""Whether a results folder's cells were made by the code installed now.
+
+Every cell records the hash of the harness code and of its method's code that made it (``bench.core.codever``).
+A folder rendered by other code than the installed one still renders, but its numbers are not what this code
+gives: the identity rule would not reuse those cells, and a user comparing them with fresh cells compares two
+programs. ``bench table`` prints these lines; they stay out of the written files, which must not change with the
+code that happens to read them.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from bench.core.codever import harness_version, method_version
+from bench.core.errors import BenchError
+from bench.method import METHODS
+from bench.reports.format import _strs
+from bench.reports.tables import code_counts
+
+REMAKE = "their numbers are not necessarily this code's: remake them (bench run ... --no-resume, or a fresh --out)"
+
+
+def stale_code_warnings(df: pd.DataFrame, installed: str | None = None) -> list[str]:
+    """At most three lines: the cells of other harness code than ``installed`` (default: this installation's),
+    the methods with cells of other method code than their installed module's, and the methods not installed."""
+    installed = installed or harness_version()
+    out = []
+    harness = _strs(df, "harness_code")
+    old = harness[harness != installed]
+    if len(old):
+        out.append(f"{len(old)} of {len(df)} cells were made by other harness code than the installed "
+                   f"{installed[:6]}: {code_counts(old)}; {REMAKE}")
+    mcode = _strs(df, "method_code")
+    stale, unknown = [], []
+    for method, idx in df.groupby("method", sort=True).groups.items():
+        try:
+            now = method_version(METHODS.get(str(method)))
+        except BenchError:
+            unknown.append(f"{method} ({len(idx)} cell{'s' * (len(idx) != 1)})")
+            continue
+        old = mcode[idx][mcode[idx] != now]
+        if len(old):
+            stale.append(f"{method} {len(old)} of {len(idx)} ({code_counts(old)}; installed {now[:6]})")
+    if stale:
+        out.append(f"cells made by other method code than the installed: {', '.join(stale)}; {REMAKE}")
+    if unknown:
+        out.append(f"not methods of this installation, so their cells cannot be remade here: {', '.join(unknown)}")
+    return out
