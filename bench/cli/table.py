@@ -19,10 +19,8 @@ def add_parser(sub) -> None:
 
 
 def command(args) -> int:
-    import pandas as pd  # pandas, matplotlib and the plugins: only once a command runs
-
-    from bench.engine.plugins import load_all
-    from bench.reports import render, stale_code_warnings
+    from bench.engine.plugins import load_all  # pandas, matplotlib and the plugins: only once a command runs
+    from bench.reports import folder_stale_code_warnings, render
 
     d = Path(args.dir)
     if not d.is_dir():
@@ -33,8 +31,6 @@ def command(args) -> int:
     load_all()
     for t in targets:
         print(render(t))
-        runs = t / "runs.csv"
-        if runs.is_file() and runs.stat().st_size:
-            for w in stale_code_warnings(pd.read_csv(runs, dtype=str, keep_default_na=False)):
-                print(f"bench: WARNING: {t}: {w}", file=sys.stderr)
+        for w in folder_stale_code_warnings(t):
+            print(f"bench: WARNING: {t}: {w}", file=sys.stderr)
     return 0

@@ -9,6 +9,8 @@ code that happens to read them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from bench.core.codever import harness_version, method_version
@@ -46,3 +48,11 @@ def stale_code_warnings(df: pd.DataFrame, installed: str | None = None) -> list[
     if unknown:
         out.append(f"not methods of this installation, so their cells cannot be remade here: {', '.join(unknown)}")
     return out
+
+
+def folder_stale_code_warnings(folder: Path) -> list[str]:
+    """:func:`stale_code_warnings` of a rendered results folder's ``runs.csv`` (none without one)."""
+    runs = Path(folder) / "runs.csv"
+    if not runs.is_file() or not runs.stat().st_size:
+        return []
+    return stale_code_warnings(pd.read_csv(runs, dtype=str, keep_default_na=False))
