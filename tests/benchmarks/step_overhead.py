@@ -30,6 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from throughput import timed  # noqa: E402  (this script's folder)
+
 from bench.assets.classes import Assets  # noqa: E402
 from bench.context import UnlearnContext  # noqa: E402
 from bench.core.measure import Counts, Stopwatch  # noqa: E402
@@ -54,15 +56,8 @@ class ShapesOnly(ImageTask):
         return Splits(x, y, x[: self.num_classes], y[: self.num_classes], {"data_source": "random (shapes only)"})
 
 
-def median_time(fn, reps: int, warm: int = 2) -> float:
-    for _ in range(warm):
-        fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+def median_time(fn, reps: int) -> float:
+    return timed(fn, torch.device("cpu"), reps)
 
 
 def sampling(assets: Assets, w: float, batch: int, reps: int) -> tuple[float, float]:
