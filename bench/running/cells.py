@@ -8,6 +8,7 @@ process expires with it (see :mod:`bench.core.locks`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import traceback
 from pathlib import Path
@@ -103,21 +104,45 @@ class Reports:
             return ""
 
 
+def asset_key(kind: str, spec) -> tuple:
+    """What tells two builds of :func:`asset_jobs` apart (equal keys: the same cached asset)."""
+    if kind == "classifier":
+        return (kind, spec.task, spec.profile)
+    if kind == "model":
+        return (kind, spec.task, spec.profile, spec.base_seed)
+    return (kind, spec.task, spec.profile, spec.base_seed, spec.forget_class, spec.iters,
+            json.dumps(spec.overrides, sort_keys=True, default=str))
+
+
+def asset_jobs(specs) -> list[tuple[str, tuple, Any]]:
+    """The independent builds these cells share, as ``(kind, key, spec)``: ``"model"`` (the base model
+    of a base seed; a concept task's model), ``"classifier"`` (one per task and profile) and
+    ``"retrain"`` (each Retrain cell's model; class tasks only, the cell knows its length). None of them
+    needs another, so a sweep runs them side by side, one per worker."""
+    jobs: dict[tuple, tuple[str, tuple, Any]] = {}
+    for spec in specs:
+        for kind in ("classifier", "model") + (("retrain",) if spec.method == "retrain" else ()):
+            key = asset_key(kind, spec)
+            jobs.setdefault(key, (kind, key, spec))
+    return list(jobs.values())
+
+
+def build_job(driver, kind: str, spec) -> None:
+    """Build (or verify) one of :func:`asset_jobs`' assets in the cache, through ``driver``."""
+    task = driver.task(spec.task)
+    assets = driver.assets(task, spec.profile, spec.base_seed)
+    if kind == "classifier":
+        assets.classifier()
+    elif kind == "model":
+        assets.base("raw") if hasattr(assets, "base") else assets.model()
+    elif kind == "retrain" and not getattr(task, "latent", False) and hasattr(assets, "retrain"):
+        cell = driver.plan(spec)  # the Retrain length comes from the resolved config
+        assets.retrain(spec.forget_class, int(cell.config.iters), task.weights_evaluated)
+
+
 def prepare_assets(driver, specs) -> None:
     """Build (or verify) every cached asset the cells need, once, before any cell runs: the base
     model and classifier of each (task, profile, base seed), and Retrain for each (base seed,
     forget class, length) among the cells (class tasks). Cells then only load them."""
-    seen = set()
-    for spec in specs:
-        task = driver.task(spec.task)
-        assets = driver.assets(task, spec.profile, spec.base_seed)
-        key = (task.name, spec.profile, spec.base_seed)
-        if key not in seen:
-            assets.prepare()
-            seen.add(key)
-        cell = driver.plan(spec)
-        if cell.method.name == "retrain" and not getattr(task, "latent", False):  # latent tasks: no Retrain model
-            rkey = key + (spec.forget_class, int(cell.config.iters))
-            if rkey not in seen:
-                assets.retrain(spec.forget_class, int(cell.config.iters), task.weights_evaluated)
-                seen.add(rkey)
+    for kind, _, spec in asset_jobs(specs):
+        build_job(driver, kind, spec)

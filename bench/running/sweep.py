@@ -31,7 +31,7 @@ from bench.engine.concept_eval import ShardPending
 from bench.engine.driver import CellSpec, Driver
 from bench.engine.options import Options
 from bench.engine.plugins import load_all
-from bench.running.cells import CellBusy, Reports, prepare_assets, run_cell
+from bench.running.cells import CellBusy, Reports, asset_jobs, asset_key, build_job, run_cell
 from bench.running.grid import Grid, plan_grid
 
 _DRIVERS: dict[tuple, Driver] = {}  # per worker process: one Driver (and its loaded assets) per setting
@@ -62,9 +62,10 @@ def _spec(d: dict) -> CellSpec:
     return CellSpec(**{**d, "metrics": tuple(d["metrics"])})
 
 
-def run_one(options: Options, plugins: tuple[str, ...], threads: int, spec: dict, wait: bool) -> dict:
+def run_one(options: Options, plugins: tuple[str, ...], threads: int, spec: dict, wait: bool, *after) -> dict:
     """One cell in a worker: ``{"status": "done" | "busy" | "failed", ...}`` (never raises for a
-    method's error, so the driver can retry it and record it)."""
+    method's error, so the driver can retry it and record it). ``after``: results of builds Ray waits
+    for before it starts the cell (its Retrain model); a failed build is rebuilt by the cell itself."""
     t0 = time.perf_counter()
     try:
         row = run_cell(_worker_driver(options, plugins, threads), _spec(spec), resume=True, wait=wait)
@@ -78,11 +79,15 @@ def run_one(options: Options, plugins: tuple[str, ...], threads: int, spec: dict
             "summary": {k: row.get(k) for k in ("ua", "retain_acc", "fid", "unlearn_s", "grad_steps")}}
 
 
-def prepare(options: Options, plugins: tuple[str, ...], threads: int, specs: list[dict]) -> float:
-    """Build the cached assets these cells share (one base seed's base model, the classifier, Retrain)."""
+def build_one(options: Options, plugins: tuple[str, ...], threads: int, kind: str, spec: dict) -> dict:
+    """One shared asset (:func:`bench.running.cells.asset_jobs`) in a worker: ``{"status", "seconds"}``
+    and, when it failed, ``"error"`` (the driver stops on a failed model or classifier)."""
     t0 = time.perf_counter()
-    prepare_assets(_worker_driver(options, plugins, threads), [_spec(s) for s in specs])
-    return time.perf_counter() - t0
+    try:
+        build_job(_worker_driver(options, plugins, threads), kind, _spec(spec))
+    except Exception as exc:  # noqa: BLE001 - the driver reports it
+        return {"status": "failed", "kind": kind, "error": f"{type(exc).__name__}: {exc}"}
+    return {"status": "done", "kind": kind, "seconds": time.perf_counter() - t0}
 
 
 def run_sweep(options: Options, grid: Grid, sweep: SweepSettings) -> int:
@@ -138,22 +143,26 @@ def _drive(ray, worker: tuple, todo, gpus, sweep: SweepSettings, tdir, out, task
                              f"lower --{kind.lower()}s-per-cell or add nodes")
     opts = {"num_cpus": sweep.cpus_per_cell, "num_gpus": gpus, "max_retries": 0}
     cell = ray.remote(**opts)(run_one)
-    build = ray.remote(**opts)(prepare)
+    build = ray.remote(**opts)(build_one)
     specs = {n: asdict(s) for s, n in todo}
-    by_base: dict[int, list[dict]] = {}
-    for spec, name in todo:
-        by_base.setdefault(spec.base_seed, []).append(specs[name])
-    # shared assets first: the classifier with the first base seed, then the other base seeds in parallel
-    bases = sorted(by_base)
-    try:
-        ray.get(build.remote(*worker, by_base[bases[0]]))
-        ray.get([build.remote(*worker, by_base[b]) for b in bases[1:]])
-    except ray.exceptions.RayError as exc:
-        cause = getattr(exc, "cause", None) or exc
-        raise BenchError(f"building the shared assets failed: {type(cause).__name__}: {cause}") from None
-    print(f"bench sweep: shared assets ready after {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    # every shared asset is built by its own task, side by side; cells start once their base model and
+    # the classifier exist, and a Retrain cell once its Retrain model exists (Ray holds it until then)
+    jobs = asset_jobs([s for s, _ in todo])
+    refs = {key: (kind, build.remote(*worker, kind, asdict(spec))) for kind, key, spec in jobs}
+    needed = [ref for kind, ref in refs.values() if kind != "retrain"]
+    for res in ray.get(needed):
+        if res["status"] == "failed":
+            raise BenchError(f"building the shared assets failed ({res['kind']}): {res['error']}")
+    print(f"bench sweep: base model(s) and classifier ready after {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
-    pending = {cell.remote(*worker, specs[n], False): (n, 1, False) for _, n in todo}
+    cells = {n: s for s, n in todo}
+
+    def submit(name: str, wait: bool):
+        s = cells[name]
+        after = [refs[asset_key("retrain", s)][1]] if s.method == "retrain" else []
+        return cell.remote(*worker, specs[name], wait, *after)
+
+    pending = {submit(n, False): (n, 1, False) for _, n in todo}
     slots = _slots(have, sweep.cpus_per_cell, gpus)
     done = failed = 0
     busy: list[str] = []
@@ -171,12 +180,12 @@ def _drive(ray, worker: tuple, todo, gpus, sweep: SweepSettings, tdir, out, task
                 busy.append(name)
                 if not pending:  # only cells other processes are computing remain: wait for them now
                     for b in busy:
-                        pending[cell.remote(*worker, specs[b], True)] = (b, 1, True)
+                        pending[submit(b, True)] = (b, 1, True)
                     busy = []
                 continue
             if res["status"] == "failed" and attempt < 2:
                 print(f"bench sweep: {name} failed ({res['error']}); retrying once", file=sys.stderr)
-                pending[cell.remote(*worker, specs[name], waited)] = (name, attempt + 1, waited)
+                pending[submit(name, waited)] = (name, attempt + 1, waited)
                 continue
             if res["status"] == "failed":
                 failed += 1
