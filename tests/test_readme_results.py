@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from bench.reports.readme import fill_tables, main
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 BLOCKS = dict(re.findall(r"<!-- table: ([\w-]+) -->\n(.*?)<!-- end table -->", README, flags=re.S))
@@ -48,3 +50,14 @@ def test_readme_table_equals_the_committed_table(task):
         for name, text in zip(header[1:], cells[1:]):
             column, fmt = COLUMNS[name]
             assert text == _fmt(row[column], fmt), (task, cells[0], name, text, row[column])
+
+
+def test_the_readme_tables_are_what_the_generator_writes(tmp_path):
+    assert fill_tables(README, ROOT / "results") == README
+    edited = tmp_path / "README.md"
+    changed = README.replace("| original | 0.", "| original | 9.", 1)
+    assert changed != README
+    edited.write_text(changed)
+    assert main([str(edited), "--results", str(ROOT / "results"), "--check"]) == 1
+    assert main([str(edited), "--results", str(ROOT / "results")]) == 0
+    assert edited.read_text() == README

@@ -1,5 +1,6 @@
 """``python -m bench``: run cells, sweep them over Ray, pretrain base models, list the registries, re-render
-tables. One module per subcommand; each adds its parser and the function that runs it.
+tables, remake a committed results folder. One module per subcommand; each adds its parser and the function
+that runs it.
 
 User mistakes (unknown names, a bad forget class, a missing folder) print one line and exit 2;
 results and tables go to files, the final table to stdout, progress and logs to stderr.
@@ -13,17 +14,18 @@ import sys
 import warnings
 
 from bench.cli import list as list_cmd
-from bench.cli import pretrain, run, sweep, table
+from bench.cli import pretrain, reproduce, run, sweep, table
 from bench.core.errors import BenchError
 
-SUBCOMMANDS = (run, sweep, pretrain, list_cmd, table)
+SUBCOMMANDS = (run, sweep, pretrain, list_cmd, table, reproduce)
 DESCRIPTION = ("One harness for machine unlearning in diffusion models: run unlearning methods on a task, sweep "
-               "them over Ray, pretrain base models, list what is registered, re-render tables.")
+               "them over Ray, pretrain base models, list what is registered, re-render tables, remake a results "
+               "folder.")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=DESCRIPTION)
-    sub = p.add_subparsers(dest="subcommand", required=True, metavar="{run,sweep,pretrain,list,table}")
+    sub = p.add_subparsers(dest="subcommand", required=True, metavar="{run,sweep,pretrain,list,table,reproduce}")
     for module in SUBCOMMANDS:
         module.add_parser(sub)
     return p

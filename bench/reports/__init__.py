@@ -12,7 +12,7 @@ import from this package; the private helpers stay in their modules.
 
 from __future__ import annotations
 
-from bench.reports.currency import folder_stale_code_warnings, stale_code_warnings
+from bench.reports.currency import folder_stale_code_warnings, stale_cells, stale_code_warnings
 from bench.reports.format import to_latex, to_markdown
 from bench.reports.groups import group_labels
 from bench.reports.longform import long_csv_text, long_rows, metric_directions
@@ -36,5 +36,5 @@ from bench.reports.views import ProfileView
 __all__ = ["DEFAULT_OVERLAYS", "ProfileView", "Reporter", "aggregate", "by_class_stats", "by_class_table",
            "code_warnings", "failures_markdown", "folder_stale_code_warnings", "group_labels", "interval",
            "intervals_table", "long_csv_text", "long_rows", "metric_directions", "plot_curves",
-           "plot_quality_forgetting", "render", "sanity_warnings", "spread_stats", "spread_table",
+           "plot_quality_forgetting", "render", "sanity_warnings", "spread_stats", "spread_table", "stale_cells",
            "stale_code_warnings", "stats_table", "t_quantile", "to_latex", "to_markdown"]

@@ -9,6 +9,7 @@ code that happens to read them.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -56,3 +57,18 @@ def folder_stale_code_warnings(folder: Path) -> list[str]:
     if not runs.is_file() or not runs.stat().st_size:
         return []
     return stale_code_warnings(pd.read_csv(runs, dtype=str, keep_default_na=False))
+
+
+def stale_cells(folder: Path) -> list[str]:
+    """Names of the cells under ``folder/runs`` made by other harness or method code than the installed (or by a
+    method not installed): the cells :func:`stale_code_warnings` counts, read from each cell's ``row.json``."""
+    out = []
+    for row_file in sorted(Path(folder).glob("runs/*/row.json")):
+        row = json.loads(row_file.read_text())
+        try:
+            method_now = method_version(METHODS.get(str(row.get("method"))))
+        except BenchError:
+            method_now = None
+        if row.get("harness_code") != harness_version() or row.get("method_code") != method_now:
+            out.append(row_file.parent.name)
+    return out

@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--modes", default="fp32,bf16", help="comma-separated: fp32, bf16 (each eager)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd variants (slow to build)")
+    ap.add_argument("--channels-last", choices=("auto", "both"), default="auto",
+                    help="auto: channels-last on a GPU only; both: time every variant in both memory formats")
     ap.add_argument("--sample-batch", type=int, default=None, help="images per sampler batch (default: profile)")
     ap.add_argument("--train-batch", type=int, default=None, help="training batch (default: profile recipe)")
     ap.add_argument("--reps", type=int, default=5)
@@ -100,14 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     results = {"task": args.task, "arch": task.arch, "params": nparams, "device": _device_name(device),
                "matmul_peak_flops": peak, "matmul_kind": peak_kind, "gflop_per_forward": flops_fwd / 1e9,
                "sampler_steps": prof.sampler_steps, "guidance": w, "runs": []}
-    variants = [(m, False) for m in args.modes.split(",")] + ([(m, True) for m in args.modes.split(",")]
-                                                               if args.compile else [])
-    for mode, compiled in variants:
-        prec = Precision(bf16=mode == "bf16", channels_last=device.type == "cuda", compile=compiled)
+    formats = (False, True) if args.channels_last == "both" else (device.type == "cuda",)
+    variants = [(m, c, f) for c in ((False, True) if args.compile else (False,)) for m in args.modes.split(",")
+                for f in formats]
+    for mode, compiled, nhwc in variants:
+        prec = Precision(bf16=mode == "bf16", channels_last=nhwc, compile=compiled)
         net = prec.prepare(build_unet(task.arch, config, task.num_classes).to(device))
         run = torch.compile(net) if compiled else net
         # --- sampling: one guided sampler step on a batch ------------------------------------------------
         x = torch.randn(sb, *shape, device=device)
+        if nhwc:
+            x = x.contiguous(memory_format=torch.channels_last)
         c = torch.randint(0, task.num_classes, (sb,), device=device)
         t = torch.full((sb,), 500, device=device, dtype=torch.long)
         net.eval()
@@ -127,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         net.train()
         opt = make_optimizer(net.parameters(), prof.pretrain)
         xb = torch.randn(tb, *shape, device=device)
+        if nhwc:
+            xb = xb.contiguous(memory_format=torch.channels_last)
         yb = torch.randint(0, task.num_classes, (tb,), device=device)
 
         def train_step(run=run, xb=xb, yb=yb, prec=prec, opt=opt, net=net):
@@ -139,12 +146,13 @@ def main(argv: list[str] | None = None) -> int:
 
         s_train = timed(train_step, device, args.reps)
         train_rate = 3 * tb * flops_fwd / s_train
-        r = {"mode": mode, "compiled": compiled, "first_call_s": first, "sample_batch": sb,
+        r = {"mode": mode, "compiled": compiled, "channels_last": nhwc, "first_call_s": first, "sample_batch": sb,
              "sampler_step_s": s_step, "images_per_s": img_s, "sample_flops": flop_rate,
              "sample_frac_of_peak": flop_rate / peak, "train_batch": tb, "train_it_s": 1 / s_train,
              "train_frac_of_peak": train_rate / peak}
         results["runs"].append(r)
-        print(f"{mode:5} {'compiled' if compiled else 'eager':8} sampling {img_s:10.1f} images/s "
+        layout = "NHWC" if nhwc else "NCHW"
+        print(f"{mode:5} {'compiled' if compiled else 'eager':8} {layout} sampling {img_s:10.1f} images/s "
               f"({100 * r['sample_frac_of_peak']:.1f}% of peak; step {1e3 * s_step:.1f} ms at batch {sb}; "
               f"first call {first:.1f} s) | training {1 / s_train:7.2f} it/s at batch {tb} "
               f"({100 * r['train_frac_of_peak']:.1f}% of peak)", flush=True)
