@@ -10,21 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.reports.readme import fill_tables, main
+from bench.reports.readme import COLUMNS, fill_tables, main
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 BLOCKS = dict(re.findall(r"<!-- table: ([\w-]+) -->\n(.*?)<!-- end table -->", README, flags=re.S))
-#: README column -> (table.csv column, format)
-COLUMNS = {
-    "UA ↑": ("ua_mean", "{:.3f}"),
-    "retain acc ↑": ("retain_acc_mean", "{:.3f}"),
-    "FID ↓": ("fid_mean", "{:.2f}"),
-    "time (s) ↓": ("unlearn_s_mean", "{:.1f}"),
-    "time to UA ≥ 0.9 (s) ↓": ("time_to_target_s_mean", "{:.1f}"),
-    "iters to UA ≥ 0.9 ↓": ("time_to_target_iters_mean", "{:.0f}"),
-    "NFE": ("nfe_mean", "{:.0f}"),
-}
 
 
 def _fmt(value, fmt: str) -> str:

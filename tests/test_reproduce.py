@@ -51,27 +51,27 @@ def test_a_bad_recipe_is_one_clear_error(tmp_path, capsys, argv, message):
     assert message in err and "Traceback" not in err
 
 
-def _stale_copy(folder: Path) -> str:
-    """A copy of the folder's only cell, stamped as made by other harness code."""
+@pytest.fixture
+def ga_folder(tmp_path, cache_root, assets, capsys):
+    """``(folder, argv, stale)``: a results folder holding one real GA cell made by ``argv`` and a copy of it
+    stamped as made by other harness code (``stale``, its name)."""
+    folder = tmp_path / "results" / "digits-class"
+    argv = ["run", "--methods", "ga", "--task", "digits-class", "--profile", "smoke", "--seed", "0",
+            "--cache", str(cache_root), "--quiet"]
+    assert main([*argv, "--out", str(folder.parent)]) == 0
     (cell,) = (folder / "runs").iterdir()
     old = folder / "runs" / f"{cell.name}-old"
     shutil.copytree(cell, old)
     row = json.loads((old / "row.json").read_text())
     row["harness_code"] = "0ld0ld0ld0ld"
     (old / "row.json").write_text(json.dumps(row))
-    return old.name
-
-
-def test_reproduce_reruns_the_commands_then_drops_cells_of_other_code(tmp_path, cache_root, assets, capsys):
-    out = tmp_path / "results"
-    folder = out / "digits-class"
-    argv = ["run", "--methods", "ga", "--task", "digits-class", "--profile", "smoke", "--seed", "0",
-            "--cache", str(cache_root), "--quiet"]
-    assert main([*argv, "--out", str(out)]) == 0
-    stale = _stale_copy(folder)
-    _recipe(folder, argv)
     capsys.readouterr()
+    return folder, argv, old.name
 
+
+def test_reproduce_reruns_the_commands_then_drops_cells_of_other_code(ga_folder, capsys):
+    folder, argv, stale = ga_folder
+    _recipe(folder, argv)
     assert main(["reproduce", str(folder), "--dry-run"]) == 0
     assert "1 cell(s) made by other code would be removed" in capsys.readouterr().err
     assert (folder / "runs" / stale).is_dir()
@@ -84,17 +84,11 @@ def test_reproduce_reruns_the_commands_then_drops_cells_of_other_code(tmp_path, 
     assert len(runs) == 2  # the header and the current cell: the tables no longer count the old one
 
 
-def test_a_failing_command_stops_reproduce_and_removes_nothing(tmp_path, cache_root, assets, capsys):
-    out = tmp_path / "results"
-    folder = out / "digits-class"
-    argv = ["run", "--methods", "ga", "--task", "digits-class", "--profile", "smoke", "--seed", "0",
-            "--cache", str(cache_root), "--quiet"]
-    assert main([*argv, "--out", str(out)]) == 0
-    stale = _stale_copy(folder)
+def test_a_failing_command_stops_reproduce_and_removes_nothing(ga_folder, capsys):
+    folder, _, stale = ga_folder
     _recipe(folder, ["run", "--methods", "nosuchmethod", "--task", "digits-class", "--profile", "smoke"])
     assert main(["reproduce", str(folder)]) == 2
-    err = capsys.readouterr().err
-    assert "command 1 of 1 failed (exit 2); nothing was removed" in err
+    assert "command 1 of 1 failed (exit 2); nothing was removed" in capsys.readouterr().err
     assert (folder / "runs" / stale).is_dir()
 
 
