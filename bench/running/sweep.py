@@ -1,13 +1,12 @@
 """``bench sweep``: a grid of cells as Ray tasks, on a local Ray instance or a cluster (``--address``).
 
-Ray is the scheduler; this module only expands the grid, builds the shared assets first, submits
-one task per missing cell with its resources (``--cpus-per-cell``, ``--gpus-per-cell``), retries a
-failing cell once, and renders the tables as cells finish. Every cell runs through
-:func:`bench.running.cells.run_cell`, so it is claimed before it runs: two sweeps, or a sweep and a
-``bench run``, on the same results folder never compute the same cell twice, and a claim left by a
-killed worker expires with it. Finished cells are written atomically by the workers, so Ctrl-C, a
-killed worker or a killed driver leave every finished cell on disk, and the next sweep runs only
-what is missing.
+Ray is the scheduler; this module only expands the grid, builds the shared assets first, submits one task
+per missing cell (the costliest first, :mod:`bench.running.order`) with its resources (``--cpus-per-cell``,
+``--gpus-per-cell``), retries a failing cell once, and renders the tables as cells finish. Every cell runs
+through :func:`bench.running.cells.run_cell`, so it is claimed before it runs: two sweeps, or a sweep and a
+``bench run``, on the same results folder never compute the same cell twice, and a claim left by a killed
+worker expires with it. Finished cells are written atomically by the workers, so Ctrl-C, a killed worker or a
+killed driver leave every finished cell on disk, and the next sweep runs only what is missing.
 
 On a cluster every node must have this project installed (the same version) and see the same
 results and cache folders at the same paths (a shared file system with coherent ``flock``, e.g.
@@ -33,6 +32,7 @@ from bench.engine.options import Options
 from bench.engine.plugins import load_all
 from bench.running.cells import CellBusy, Reports, asset_jobs, asset_key, build_job, run_cell
 from bench.running.grid import Grid, plan_grid
+from bench.running.order import longest_first, past_costs
 
 _DRIVERS: dict[tuple, Driver] = {}  # per worker process: one Driver (and its loaded assets) per setting
 
@@ -107,6 +107,7 @@ def run_sweep(options: Options, grid: Grid, sweep: SweepSettings) -> int:
     todo = [(s, n) for s, n in zip(plan.specs, plan.names) if not is_complete(cell_dir(out, task, n))]
     print(f"bench sweep: {len(plan.specs)} cell(s), {len(plan.specs) - len(todo)} already complete, {len(todo)} to run",
           file=sys.stderr)
+    todo = longest_first(todo, past_costs(tdir / "runs.csv"))
     reports = Reports(tdir)
     if not todo:
         print(reports.finish())
