@@ -72,6 +72,7 @@ def ga_folder(tmp_path, cache_root, assets, capsys):
 def test_reproduce_reruns_the_commands_then_drops_cells_of_other_code(ga_folder, capsys):
     folder, argv, stale = ga_folder
     _recipe(folder, argv)
+    (folder / "samples" / "ga_harness_0ld0ld.png").write_bytes(b"grid of a row that is about to go")
     assert main(["reproduce", str(folder), "--dry-run"]) == 0
     assert "1 cell(s) made by other code would be removed" in capsys.readouterr().err
     assert (folder / "runs" / stale).is_dir()
@@ -82,6 +83,7 @@ def test_reproduce_reruns_the_commands_then_drops_cells_of_other_code(ga_folder,
     assert [p.name for p in (folder / "runs").iterdir()] == [stale.removesuffix("-old")]
     runs = (folder / "runs.csv").read_text().splitlines()
     assert len(runs) == 2  # the header and the current cell: the tables no longer count the old one
+    assert [p.name for p in (folder / "samples").iterdir()] == ["ga_smoke.png"]  # the old row's grid is gone
 
 
 def test_a_failing_command_stops_reproduce_and_removes_nothing(ga_folder, capsys):

@@ -93,6 +93,16 @@ def _copy_samples(tdir: Path, df: pd.DataFrame, suffix: str, file: str = "sample
     return sources
 
 
+
+def _drop_other_grids(folder: Path, written: set[str]) -> None:
+    """Remove the grids of rows the table no longer has (cells removed, or rows once split by code), so that
+    ``samples/`` shows what the table shows."""
+    if folder.is_dir():
+        for f in folder.glob("*.png"):
+            if f.name not in written:
+                f.unlink()
+
+
 class Reporter:
     """The report of one results folder ``<out>/<task>``, kept in memory and brought up to date incrementally.
 
@@ -198,11 +208,15 @@ class Reporter:
         figures: dict[str, list[tuple[str, Path]]] = {}
         samples: dict[str, list[tuple[str, Path]]] = {}
         probes: dict[str, list[tuple[str, Path]]] = {}
+        written: set[str] = set()
         for v in self.views:
             figures[v.profile] = self._plots(v)
-            samples[v.profile] = [(label, src) for label, _, src in _copy_samples(self.tdir, v.df, v.suffix)]
-            probes[v.profile] = [(label, src) for label, _, src in
-                                 _copy_samples(self.tdir, v.df, v.suffix, store.PROBES_FILE, "_probes")]
+            grids = _copy_samples(self.tdir, v.df, v.suffix)
+            grids_probes = _copy_samples(self.tdir, v.df, v.suffix, store.PROBES_FILE, "_probes")
+            samples[v.profile] = [(label, src) for label, _, src in grids]
+            probes[v.profile] = [(label, src) for label, _, src in grids_probes]
+            written |= {name for _, name, _ in grids + grids_probes}
+        _drop_other_grids(self.tdir / "samples", written)
         page = report_page(self.task, self.views, self.failures, figures, samples, md_path="table.md",
                            probes=probes)
         atomic_write_text(self.tdir / "report.html", page)
