@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.cli.table import render_and_warn
 from bench.core.errors import BenchError
 
 HELP = "remake a results folder from the commands in its reproduce.json, then drop cells made by other code"
@@ -86,7 +87,7 @@ def _chosen(only: str | None, n: int) -> set[int]:
 
 def command(args) -> int:
     from bench.engine.plugins import load_all  # torch, pandas and the plugins: only once a command runs
-    from bench.reports import folder_stale_code_warnings, render, stale_cells
+    from bench.reports import stale_cells
 
     folder = Path(args.dir).resolve()
     commands = read_recipe(folder)
@@ -115,7 +116,5 @@ def command(args) -> int:
     for name in stale:
         shutil.rmtree(folder / "runs" / name)
     print(f"bench reproduce: removed {len(stale)} cell(s) made by other code", file=sys.stderr)
-    print(render(folder))
-    for w in folder_stale_code_warnings(folder):
-        print(f"bench: WARNING: {folder}: {w}", file=sys.stderr)
+    render_and_warn(folder)
     return 0

@@ -20,7 +20,6 @@ def add_parser(sub) -> None:
 
 def command(args) -> int:
     from bench.engine.plugins import load_all  # pandas, matplotlib and the plugins: only once a command runs
-    from bench.reports import folder_stale_code_warnings, render
 
     d = Path(args.dir)
     if not d.is_dir():
@@ -30,7 +29,14 @@ def command(args) -> int:
         raise BenchError(f"{d} holds no runs: pass <out>/<task> or an --out folder")
     load_all()
     for t in targets:
-        print(render(t))
-        for w in folder_stale_code_warnings(t):
-            print(f"bench: WARNING: {t}: {w}", file=sys.stderr)
+        render_and_warn(t)
     return 0
+
+
+def render_and_warn(folder: Path) -> None:
+    """Re-render ``folder``, print its Markdown, and warn on stderr about cells made by other code."""
+    from bench.reports import folder_stale_code_warnings, render
+
+    print(render(folder))
+    for w in folder_stale_code_warnings(folder):
+        print(f"bench: WARNING: {folder}: {w}", file=sys.stderr)

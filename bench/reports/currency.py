@@ -23,6 +23,14 @@ from bench.reports.tables import code_counts
 REMAKE = "their numbers are not necessarily this code's: remake them (bench run ... --no-resume, or a fresh --out)"
 
 
+def installed_method_code(method: str) -> str | None:
+    """The code hash of the installed method ``method``; None when this installation has no such method."""
+    try:
+        return method_version(METHODS.get(method))
+    except BenchError:
+        return None
+
+
 def stale_code_warnings(df: pd.DataFrame, installed: str | None = None) -> list[str]:
     """At most three lines: the cells of other harness code than ``installed`` (default: this installation's),
     the methods with cells of other method code than their installed module's, and the methods not installed."""
@@ -36,9 +44,8 @@ def stale_code_warnings(df: pd.DataFrame, installed: str | None = None) -> list[
     mcode = _strs(df, "method_code")
     stale, unknown = [], []
     for method, idx in df.groupby("method", sort=True).groups.items():
-        try:
-            now = method_version(METHODS.get(str(method)))
-        except BenchError:
+        now = installed_method_code(str(method))
+        if now is None:
             unknown.append(f"{method} ({len(idx)} cell{'s' * (len(idx) != 1)})")
             continue
         old = mcode[idx][mcode[idx] != now]
@@ -62,13 +69,13 @@ def folder_stale_code_warnings(folder: Path) -> list[str]:
 def stale_cells(folder: Path) -> list[str]:
     """Names of the cells under ``folder/runs`` made by other harness or method code than the installed (or by a
     method not installed): the cells :func:`stale_code_warnings` counts, read from each cell's ``row.json``."""
+    installed, now = harness_version(), {}
     out = []
     for row_file in sorted(Path(folder).glob("runs/*/row.json")):
         row = json.loads(row_file.read_text())
-        try:
-            method_now = method_version(METHODS.get(str(row.get("method"))))
-        except BenchError:
-            method_now = None
-        if row.get("harness_code") != harness_version() or row.get("method_code") != method_now:
+        method = str(row.get("method"))
+        if method not in now:
+            now[method] = installed_method_code(method)
+        if row.get("harness_code") != installed or now[method] is None or row.get("method_code") != now[method]:
             out.append(row_file.parent.name)
     return out

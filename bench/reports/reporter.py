@@ -93,7 +93,6 @@ def _copy_samples(tdir: Path, df: pd.DataFrame, suffix: str, file: str = "sample
     return sources
 
 
-
 def _drop_other_grids(folder: Path, written: set[str]) -> None:
     """Remove the grids of rows the table no longer has (cells removed, or rows once split by code), so that
     ``samples/`` shows what the table shows."""

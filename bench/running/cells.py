@@ -139,10 +139,3 @@ def build_job(driver, kind: str, spec) -> None:
         cell = driver.plan(spec)  # the Retrain length comes from the resolved config
         assets.retrain(spec.forget_class, int(cell.config.iters), task.weights_evaluated)
 
-
-def prepare_assets(driver, specs) -> None:
-    """Build (or verify) every cached asset the cells need, once, before any cell runs: the base
-    model and classifier of each (task, profile, base seed), and Retrain for each (base seed,
-    forget class, length) among the cells (class tasks). Cells then only load them."""
-    for kind, _, spec in asset_jobs(specs):
-        build_job(driver, kind, spec)
