@@ -86,6 +86,23 @@ def test_reproduce_reruns_the_commands_then_drops_cells_of_other_code(ga_folder,
     assert [p.name for p in (folder / "samples").iterdir()] == ["ga_smoke.png"]  # the old row's grid is gone
 
 
+def test_cells_of_other_code_below_the_folder_go_only_where_the_commands_remade_cells(ga_folder, capsys):
+    folder, argv, stale = ga_folder
+    _recipe(folder, argv)
+    current = folder / "runs" / stale.removesuffix("-old")
+    remade = folder / "base-curve-runs" / "steps-400" / "digits-class" / "runs"
+    untouched = folder / "base-curve-runs" / "steps-800" / "digits-class" / "runs"
+    for runs in (remade, untouched):
+        shutil.copytree(folder / "runs" / stale, runs / stale)
+    shutil.copytree(current, remade / current.name)
+    assert main(["reproduce", str(folder), "--dry-run"]) == 0
+    assert "2 cell(s) made by other code would be removed" in capsys.readouterr().err
+    assert main(["reproduce", str(folder)]) == 0
+    assert "removed 2 cell(s) made by other code" in capsys.readouterr().err
+    assert [p.name for p in remade.iterdir()] == [current.name]
+    assert [p.name for p in untouched.iterdir()] == [stale]  # the summary made from it keeps its cells
+
+
 def test_a_failing_command_stops_reproduce_and_removes_nothing(ga_folder, capsys):
     folder, _, stale = ga_folder
     _recipe(folder, ["run", "--methods", "nosuchmethod", "--task", "digits-class", "--profile", "smoke"])

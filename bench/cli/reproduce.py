@@ -106,15 +106,27 @@ def command(args) -> int:
             raise BenchError(f"command {i} of {len(commands)} failed (exit {rc}); nothing was removed from {folder}: "
                              "fix the cause and rerun (finished cells are reused)")
     load_all()
-    if not (folder / "runs").is_dir():
-        return 0
-    stale = stale_cells(folder)
+    stale = [folder / "runs" / name for name in stale_cells(folder)] + _remade_elsewhere(folder)
     if args.dry_run or args.keep_stale:
         what = "would be removed" if args.dry_run else "are kept (--keep-stale)"
         print(f"bench reproduce: {len(stale)} cell(s) made by other code {what}", file=sys.stderr)
         return 0
-    for name in stale:
-        shutil.rmtree(folder / "runs" / name)
+    for cell in stale:
+        shutil.rmtree(cell)
     print(f"bench reproduce: removed {len(stale)} cell(s) made by other code", file=sys.stderr)
-    render_and_warn(folder)
+    if (folder / "runs").is_dir():
+        render_and_warn(folder)
     return 0
+
+
+def _remade_elsewhere(folder: Path) -> list[Path]:
+    """Cells of other code in the cell folders below ``folder``'s own (a base-length curve's, for one), in those the
+    commands remade: one that holds no cell of the installed code keeps the cells its committed summary came from."""
+    from bench.reports import stale_cells
+
+    out = []
+    for runs in sorted(folder.glob("*/**/runs")):
+        stale = stale_cells(runs.parent)
+        if len(stale) < len(list(runs.glob("*/row.json"))):
+            out += [runs / name for name in stale]
+    return out
