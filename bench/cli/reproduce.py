@@ -9,7 +9,8 @@ Each command is a ``bench run``, ``sweep`` or ``pretrain`` for the folder's task
 reproduce runs them in order, each as ``python -m bench <argv> --out <out>``, so cells that the installed code
 already made are reused and only the others are computed. When every command succeeded, the cells made by
 other code than the installed one (the ones ``bench table`` warns about) are removed and the tables re-rendered:
-the folder then holds only what this code gives. A failing command stops it with every cell still in place.
+the folder then holds only what this code gives. The same goes for cell folders below it (a base-length curve's)
+in which the commands made cells; one they left untouched keeps the cells its committed summary was made from. A failing command stops it with every cell still in place.
 """
 
 from __future__ import annotations
