@@ -10,7 +10,8 @@ reproduce runs them in order, each as ``python -m bench <argv> --out <out>``, so
 already made are reused and only the others are computed. When every command succeeded, the cells made by
 other code than the installed one (the ones ``bench table`` warns about) are removed and the tables re-rendered:
 the folder then holds only what this code gives. The same goes for cell folders below it (a base-length curve's)
-in which the commands made cells; one they left untouched keeps the cells its committed summary was made from. A failing command stops it with every cell still in place.
+in which the commands made cells; one they left untouched keeps the cells its committed summary was made from.
+A failing command stops it with every cell still in place.
 """
 
 from __future__ import annotations
