@@ -89,7 +89,6 @@ def _chosen(only: str | None, n: int) -> set[int]:
 
 def command(args) -> int:
     from bench.engine.plugins import load_all  # torch, pandas and the plugins: only once a command runs
-    from bench.reports import stale_cells
 
     folder = Path(args.dir).resolve()
     commands = read_recipe(folder)
@@ -108,7 +107,7 @@ def command(args) -> int:
             raise BenchError(f"command {i} of {len(commands)} failed (exit {rc}); nothing was removed from {folder}: "
                              "fix the cause and rerun (finished cells are reused)")
     load_all()
-    stale = [folder / "runs" / name for name in stale_cells(folder)] + _remade_elsewhere(folder)
+    stale = _cells_of_other_code(folder)
     if args.dry_run or args.keep_stale:
         what = "would be removed" if args.dry_run else "are kept (--keep-stale)"
         print(f"bench reproduce: {len(stale)} cell(s) made by other code {what}", file=sys.stderr)
@@ -121,12 +120,13 @@ def command(args) -> int:
     return 0
 
 
-def _remade_elsewhere(folder: Path) -> list[Path]:
-    """Cells of other code in the cell folders below ``folder``'s own (a base-length curve's, for one), in those the
-    commands remade: one that holds no cell of the installed code keeps the cells its committed summary came from."""
+def _cells_of_other_code(folder: Path) -> list[Path]:
+    """The cells of other code than the installed in ``folder/runs``, and in the cell folders below ``folder`` (a
+    base-length curve's, for one) that the commands remade: one holding no cell of the installed code keeps the
+    cells its committed summary came from."""
     from bench.reports import stale_cells
 
-    out = []
+    out = [folder / "runs" / name for name in stale_cells(folder)]
     for runs in sorted(folder.glob("*/**/runs")):
         stale = stale_cells(runs.parent)
         if len(stale) < len(list(runs.glob("*/row.json"))):
